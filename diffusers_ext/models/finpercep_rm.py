@@ -1,0 +1,244 @@
+"""FinPercep-RM: backbone -> multi-scale features -> progressive decoder -> (global score, PDM).
+
+    {S_global, M_pdm} = RM(I)                    (PAPER.md §1)
+    S_global = MLP(pool(f_N ⊙ (1 - resize(M))))  (OURS: "defective regions are dimmed")
+
+Curriculum stages live inside one checkpoint (PAPER.md §5, OURS): stage 0 is a plain global IQA
+(backbone + score head 0, no map); stage k (1..N) switches on decoder levels 1..k, deepest first,
+so the map gets finer with k, and has its own score head. Training stage k only trains the parts
+that stage k adds (see :meth:`FinPercepRM.stage_parameters`), so every earlier stage keeps giving
+exactly the outputs it gave when it was trained: the RL trainer loads any stage by number with
+``FinPercepRM.from_pretrained(path, stage=k)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from ..backbones import build_backbone
+from ..rewards import topk_mean
+
+DEFAULT_DECODER_CHANNELS = (96, 64, 48, 32, 24, 16)
+
+
+@dataclass
+class FinPercepRMOutput(BaseOutput):
+    """``score``: ``[B]``, higher = better. ``pdm``: ``[B, 1, H, W]`` in [0, 1] at the input size,
+    higher = more degraded (all zeros at stage 0, which has no map). ``pdm_logits``: the map's logits
+    at decoder resolution (``None`` at stage 0)."""
+
+    score: torch.Tensor
+    pdm: torch.Tensor
+    pdm_logits: Optional[torch.Tensor] = None
+
+
+class DecoderLevel(nn.Module):
+    """One decoder level: lateral 1x1 of the skip feature, fused with the upsampled coarser level."""
+
+    def __init__(self, skip_channels: int, prev_channels: int, channels: int) -> None:
+        super().__init__()
+        self.lateral = nn.Conv2d(skip_channels, channels, 1)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(channels + prev_channels, channels, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
+        )
+        self.head = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, skip: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        x = self.lateral(skip)
+        if prev is not None:
+            prev = F.interpolate(prev, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, prev], dim=1)
+        return self.fuse(x)
+
+
+class ScoreHead(nn.Module):
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x).squeeze(-1)
+
+
+class FinPercepRM(ModelMixin, ConfigMixin):
+    """The fine-grained perceptual reward model.
+
+    Args:
+        backbone: encoder name (see :func:`diffusers_ext.backbones.build_backbone`).
+        backbone_kwargs: keyword arguments of that encoder.
+        decoder_channels: width of each decoder level, deepest first (one int = all levels).
+        num_stages: N, the number of map stages (<= number of backbone levels; default: all).
+        stage: the active curriculum stage, 0..N (default N, the finest map).
+        head_hidden: hidden width of the score MLPs.
+        score_modulation: ``"one_minus"`` pools ``f_N ⊙ (1 - M)``, ``"none"`` pools ``f_N``.
+        score_map_stats: also feed the map's mean and top-fraction mean into the score MLP (OURS).
+        map_stat_top_fraction: the fraction used by that top-fraction mean.
+        min_size: smallest accepted image side, in pixels.
+        tile_size / tile_overlap: defaults for tiled inference of large images (pipeline).
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = False
+
+    @register_to_config
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        backbone_kwargs: Optional[dict] = None,
+        decoder_channels: int | Sequence[int] = DEFAULT_DECODER_CHANNELS,
+        num_stages: Optional[int] = None,
+        stage: Optional[int] = None,
+        head_hidden: int = 128,
+        score_modulation: str = "one_minus",
+        score_map_stats: bool = True,
+        map_stat_top_fraction: float = 0.01,
+        min_size: int = 32,
+        tile_size: int = 768,
+        tile_overlap: int = 64,
+    ) -> None:
+        super().__init__()
+        if score_modulation not in ("one_minus", "none"):
+            raise ValueError(f"score_modulation must be 'one_minus' or 'none', got {score_modulation!r}")
+        self.encoder = build_backbone(backbone, **(backbone_kwargs or {}))
+        levels = len(self.encoder.channels)
+        n = levels if num_stages is None else int(num_stages)
+        if not 1 <= n <= levels:
+            raise ValueError(f"num_stages must be in 1..{levels} for backbone {backbone!r}, got {num_stages}")
+        widths = [decoder_channels] * n if isinstance(decoder_channels, int) else list(decoder_channels)
+        if len(widths) < n:
+            raise ValueError(f"decoder_channels needs {n} entries (deepest first), got {len(widths)}")
+        skips = self.encoder.channels[::-1][:n]  # deepest first
+        self.decoder = nn.ModuleList(
+            DecoderLevel(skips[j], widths[j - 1] if j else 0, widths[j]) for j in range(n)
+        )
+        c_top = self.encoder.channels[-1]
+        extra = 2 if score_map_stats else 0
+        self.score_heads = nn.ModuleList(
+            [ScoreHead(c_top, head_hidden)] + [ScoreHead(c_top + extra, head_hidden) for _ in range(n)]
+        )
+        self.register_to_config(num_stages=n, stage=n if stage is None else stage)
+        self._check_stage(self.config.stage)
+
+    # ------------------------------------------------------------------ stages
+    @property
+    def num_stages(self) -> int:
+        return int(self.config.num_stages)
+
+    @property
+    def stage(self) -> int:
+        return int(self.config.stage)
+
+    def _check_stage(self, stage: int) -> int:
+        if not 0 <= int(stage) <= self.num_stages:
+            raise ValueError(f"stage must be in 0..{self.num_stages} for this model, got {stage}")
+        return int(stage)
+
+    def set_stage(self, stage: int) -> "FinPercepRM":
+        """Make ``stage`` the default stage of :meth:`forward` (also saved with the config)."""
+        self.register_to_config(stage=self._check_stage(stage))
+        return self
+
+    def stage_parameters(self, stage: int) -> Iterator[nn.Parameter]:
+        """The parameters that stage ``stage`` adds: backbone + score head 0 for stage 0, decoder
+        level k + score head k for stage k. Training one stage trains these and nothing else."""
+        stage = self._check_stage(stage)
+        if stage == 0:
+            yield from self.encoder.parameters()
+        else:
+            yield from self.decoder[stage - 1].parameters()
+        yield from self.score_heads[stage].parameters()
+
+    def map_resolution(self, stage: Optional[int] = None) -> int:
+        """The stride (in input pixels) of stage ``stage``'s map before upsampling (0 = no map)."""
+        stage = self.stage if stage is None else self._check_stage(stage)
+        return 0 if stage == 0 else self.encoder.strides[::-1][stage - 1]
+
+    # ------------------------------------------------------------------ parts
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.encoder.max_stride
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, [0, pw, 0, ph], mode=mode)
+        return x
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone features of ``x`` (``Bx3xHxW`` in [0,1]), padded to a multiple of the max stride."""
+        h, w = x.shape[-2:]
+        if min(h, w) < self.config.min_size:
+            raise ValueError(
+                f"image of {w}x{h} px is smaller than this reward model's minimum side of "
+                f"{self.config.min_size} px; upscale it first"
+            )
+        return self.encoder(self._pad(x))
+
+    def decode_logits(self, feats: list[torch.Tensor], stage: int) -> Optional[torch.Tensor]:
+        """Map logits of ``stage`` at its decoder resolution (``None`` for stage 0)."""
+        d = None
+        deep_first = feats[::-1]
+        for j in range(stage):
+            d = self.decoder[j](deep_first[j], d)
+        return None if d is None else self.decoder[stage - 1].head(d)
+
+    @staticmethod
+    def logits_to_map(logits: torch.Tensor, size: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
+        """Upsample logits to the padded input size, crop to ``size`` and squash to [0, 1]."""
+        up = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        return torch.sigmoid(up[..., : size[0], : size[1]])
+
+    def modulated_sum(self, top: torch.Tensor, pdm: Optional[torch.Tensor], size: tuple[int, int],
+                      owned: Optional[tuple[slice, slice]] = None) -> tuple[torch.Tensor, int]:
+        """Sum of ``f_N ⊙ (1 - M)`` over the deepest feature cells inside the image (and inside
+        ``owned``, for tiles) and how many cells that was: the pieces of the pooled feature."""
+        s = self.encoder.max_stride
+        hv, wv = -(-size[0] // s), -(-size[1] // s)
+        f = top[..., :hv, :wv]
+        if pdm is not None and self.config.score_modulation == "one_minus":
+            h_pad, w_pad = hv * s, wv * s
+            m = F.pad(pdm, [0, w_pad - pdm.shape[-1], 0, h_pad - pdm.shape[-2]], mode="replicate")
+            f = f * (1.0 - F.avg_pool2d(m, s))
+        if owned is not None:
+            f = f[..., owned[0], owned[1]]
+        return f.sum(dim=(-2, -1)), f.shape[-2] * f.shape[-1]
+
+    def map_stats(self, pdm: torch.Tensor) -> torch.Tensor:
+        """``[B, 2]``: mean and top-fraction mean of each map (inputs of the score MLP)."""
+        return torch.stack([pdm.flatten(1).mean(1), topk_mean(pdm, self.config.map_stat_top_fraction)], dim=1)
+
+    def score_from(self, pooled: torch.Tensor, pdm: Optional[torch.Tensor], stage: int) -> torch.Tensor:
+        """Global score of ``stage`` from the pooled deepest feature (and the map's statistics)."""
+        if stage > 0 and self.config.score_map_stats:
+            pooled = torch.cat([pooled, self.map_stats(pdm)], dim=1)
+        return self.score_heads[stage](pooled)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: torch.Tensor, stage: Optional[int] = None, return_dict: bool = True):
+        """Score ``images`` (``Bx3xHxW`` in [0, 1]). Differentiable end to end.
+
+        Returns :class:`FinPercepRMOutput` (or ``(score, pdm)`` when ``return_dict=False``)."""
+        stage = self.stage if stage is None else self._check_stage(stage)
+        size = tuple(images.shape[-2:])
+        feats = self.encode(images)
+        padded = self._pad_size(size)
+        logits = self.decode_logits(feats, stage)
+        pdm = None if logits is None else self.logits_to_map(logits, size, padded)
+        total, count = self.modulated_sum(feats[-1], pdm, size)
+        score = self.score_from(total / count, pdm, stage)
+        if pdm is None:
+            pdm = images.new_zeros(images.shape[0], 1, *size)
+        if not return_dict:
+            return score, pdm
+        return FinPercepRMOutput(score=score, pdm=pdm, pdm_logits=logits)
+
+    def _pad_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        s = self.encoder.max_stride
+        return (-(-size[0] // s) * s, -(-size[1] // s) * s)

@@ -1,0 +1,99 @@
+"""Rewards built on FinPercep-RM (PAPER.md §4) and the CCL reward-stage schedule as data (§5).
+
+    R_k = λ1 · S_global + λ2 · (1 - softmax_k(M_pdm))
+
+``softmax_k`` is a differentiable estimate of the map's spatial maximum, so the worst local defect
+becomes the penalty. Two estimators (OURS; the paper does not define it): the mean of the top-p
+fraction of values (``"topk"``), or a temperature LogSumExp (``"lse"``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+SoftMaxKind = Literal["topk", "lse", "max", "mean"]
+
+
+def topk_mean(m: torch.Tensor, fraction: float = 0.01) -> torch.Tensor:
+    """Mean of the largest ``fraction`` of values of each map. ``m``: ``[B, ...]`` -> ``[B]``."""
+    flat = m.flatten(1)
+    k = max(1, int(math.ceil(flat.shape[1] * fraction)))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+def lse_max(m: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Smooth maximum ``τ·log(mean(exp(m/τ)))``: between the mean (τ→∞) and the max (τ→0)."""
+    flat = m.flatten(1)
+    return temperature * (torch.logsumexp(flat / temperature, dim=1) - math.log(flat.shape[1]))
+
+
+def soft_spatial_max(m: torch.Tensor, kind: SoftMaxKind = "topk", fraction: float = 0.01,
+                     temperature: float = 0.05) -> torch.Tensor:
+    """The differentiable spatial maximum ``softmax_k(M)`` of each map in a batch."""
+    if kind == "topk":
+        return topk_mean(m, fraction)
+    if kind == "lse":
+        return lse_max(m, temperature)
+    if kind == "max":
+        return m.flatten(1).amax(1)
+    if kind == "mean":
+        return m.flatten(1).mean(1)
+    raise ValueError(f"unknown soft-max kind {kind!r}; use 'topk', 'lse', 'max' or 'mean'")
+
+
+@dataclass
+class RewardConfig:
+    """Weights of the decoupled reward fusion at one curriculum stage."""
+
+    lambda_global: float = 1.0
+    lambda_pdm: float = 0.0
+    softmax: SoftMaxKind = "topk"
+    top_fraction: float = 0.01
+    temperature: float = 0.05
+
+
+@dataclass
+class RewardTerms:
+    reward: torch.Tensor  # [B]
+    score: torch.Tensor  # [B] S_global
+    pdm_penalty: torch.Tensor  # [B] softmax_k(M)
+
+
+def fused_reward(score: torch.Tensor, pdm: torch.Tensor | None, cfg: RewardConfig) -> RewardTerms:
+    """``R = λ1·S + λ2·(1 - softmax(M))``; with no map (stage 0) the map term is 0 penalty."""
+    if pdm is None:
+        penalty = torch.zeros_like(score)
+    else:
+        penalty = soft_spatial_max(pdm, cfg.softmax, cfg.top_fraction, cfg.temperature)
+    reward = cfg.lambda_global * score + cfg.lambda_pdm * (1.0 - penalty)
+    return RewardTerms(reward=reward, score=score, pdm_penalty=penalty)
+
+
+def compute_reward(model: Any, images: torch.Tensor, cfg: RewardConfig, stage: int | None = None) -> RewardTerms:
+    """Differentiable reward of ``images`` (``Bx3xHxW`` in [0,1]) under a FinPercepRM at ``stage``."""
+    out = model(images, stage=stage)
+    use_map = out.pdm if (stage if stage is not None else model.config.stage) > 0 else None
+    return fused_reward(out.score, use_map, cfg)
+
+
+@dataclass
+class CurriculumStage:
+    """One CCL stage: which reward-model stage, the fusion weights, and when to move on.
+
+    Either ``steps`` (a fixed count, as in the paper) or ``plateau_window``/``plateau_threshold``
+    (OURS: switch when the reward's moving average stops rising by more than the threshold)."""
+
+    rm_stage: int
+    lambda_global: float = 1.0
+    lambda_pdm: float = 0.0
+    steps: int | None = None
+    plateau_window: int | None = None
+    plateau_threshold: float = 1e-3
+    max_steps: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,222 @@
+"""Build an FGR-style dataset of triplets ``(I_sr, I_syn, I_gt)`` with ground-truth maps ``M_gt``.
+
+    python -m training.data.build_fgr --out data/fgr --train 2400 --val 200 --test 400
+
+For each item: crop an HR photo of the split (random rescale, crop, flip) -> second-order
+real-world degradation to LR -> an SR model of the pool -> region swap with a random or
+superpixel mask -> ``M_gt`` (PAPER.md §2). Item ``i`` of a split depends only on (seed, split, i),
+so a stopped build resumes where it stopped and gives the same files as an uninterrupted one.
+
+Folder layout::
+
+    dataset.json          settings, calibrated GT-map scales, photo ids per split
+    manifest.jsonl        one JSON line per finished item
+    <split>/<i>_{gt,sr,syn}.png, <i>_mask.png (8-bit), <i>_mgt.png (16-bit M_gt)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .gt_maps import FEATURE_DISTANCES, GTMapConfig, gt_map, raw_differences
+from .photos import SPLITS, Photo, photo_pool
+from .sr_pool import ArtifactSR, SRMethod, default_pool, sample_method
+
+SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
+CHANGED_THRESHOLD = 0.1  # M_gt above this inside the mask = "pixel really changed"
+
+
+def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLIT_CODE[split], index])
+
+
+class PhotoCache:
+    """Photos decoded once and kept as uint8 (a 2560x1600 photo is 12 MB)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, np.ndarray] = {}
+
+    def get(self, photo: Photo) -> np.ndarray:
+        if photo.id not in self._cache:
+            self._cache[photo.id] = (photo.load() * 255).round().astype(np.uint8)
+        return self._cache[photo.id]
+
+
+def random_hr_crop(photo: np.ndarray, size: int, rng: np.random.Generator, tries: int = 8) -> np.ndarray:
+    """A ``size``x``size`` float crop after a log-uniform rescale (so content scale varies), a random
+    flip and 90-degree rotation; retries flat crops (std < 0.03) a few times."""
+    h, w = photo.shape[:2]
+    lo = size / min(h, w)
+    crop = None
+    for _ in range(tries):
+        s = float(np.exp(rng.uniform(np.log(lo), np.log(max(lo, 1.0)))))
+        nh, nw = max(size, round(h * s)), max(size, round(w * s))
+        scaled = cv2.resize(photo, (nw, nh), interpolation=cv2.INTER_AREA) if (nh, nw) != (h, w) else photo
+        y, x = int(rng.integers(0, nh - size + 1)), int(rng.integers(0, nw - size + 1))
+        crop = scaled[y:y + size, x:x + size].astype(np.float32) / 255.0
+        if crop.std() >= 0.03:
+            break
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    crop = np.rot90(crop, int(rng.integers(0, 4)))
+    return np.ascontiguousarray(crop)
+
+
+def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator) -> dict[str, Any]:
+    """``gt``, ``sr``, ``syn``, ``mask`` (float32 arrays) and what made them."""
+    from .degradations import degrade
+    from .masks import sample_mask
+
+    method = sample_method(pool, rng)
+    lr = degrade(hr, method.scale, rng)
+    sr = method(lr, rng)
+    if sr.shape[:2] != hr.shape[:2]:
+        sr = cv2.resize(sr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
+    sr = np.clip(sr, 0, 1).astype(np.float32)
+    mask, mask_kind = sample_mask(hr, rng)
+    m = mask[..., None]
+    syn = (m * sr + (1 - m) * hr).astype(np.float32)
+    info = {"sr_method": method.name, "mask_kind": mask_kind, "lr_size": list(lr.shape[:2])}
+    if isinstance(method, ArtifactSR):
+        info["artifact"] = method.last_artifact
+    return {"gt": hr, "sr": sr, "syn": syn, "mask": mask.astype(np.float32), **info}
+
+
+def _save_png(arr: np.ndarray, path: Path, bits: int = 8) -> None:
+    tmp = path.with_name(path.name + ".tmp.png")
+    if bits == 16:
+        Image.fromarray((np.clip(arr, 0, 1) * 65535).round().astype(np.uint16)).save(tmp)
+    else:
+        Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)).save(tmp)
+    os.replace(tmp, path)
+
+
+def load_png(path: Path) -> np.ndarray:
+    """Read an item PNG back to float32 in [0, 1] (8-bit RGB/L or 16-bit L)."""
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    return arr.astype(np.float32) / (65535.0 if arr.dtype == np.uint16 or arr.max() > 255 else 255.0)
+
+
+def calibrate_scales(photos: list[Photo], cache: PhotoCache, pool, feat, hr_size: int, seed: int,
+                     n: int, quantile: float = 0.95) -> tuple[float, float]:
+    """Fixed dataset-wide scales: the ``quantile`` of in-mask pixel / feature differences over
+    ``n`` calibration triplets drawn from the train photos (never from val/test)."""
+    pix, fea = [], []
+    for i in tqdm(range(n), desc="calibrating GT-map scales", leave=False):
+        rng = np.random.default_rng([seed, 99, i])
+        hr = random_hr_crop(cache.get(photos[int(rng.integers(len(photos)))]), hr_size, rng)
+        t = make_triplet(hr, pool, rng)
+        p, f = raw_differences(t["syn"], t["gt"], t["mask"], feat)
+        pix.append(p)
+        fea.append(f)
+    return float(np.quantile(np.concatenate(pix), quantile)), float(np.quantile(np.concatenate(fea), quantile))
+
+
+def read_manifest(root: Path) -> dict[str, dict]:
+    path = root / "manifest.jsonl"
+    done: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a crash: that item is redone
+                    continue
+                done[rec["id"]] = rec
+    return done
+
+
+def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
+          feature: str = "efficientnet_lite0", alpha: float = 0.5, pixel_scale: Optional[float] = None,
+          feature_scale: Optional[float] = None, extra_photos: tuple[str, ...] = (), calib_items: int = 32,
+          pool: Optional[list] = None, progress: bool = True) -> Path:
+    """Build (or resume) the dataset in ``out``; returns ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / "dataset.json"
+    photos = {s: photo_pool(s, extra_photos) for s in SPLITS}
+    pool = pool if pool is not None else default_pool()
+    feat = FEATURE_DISTANCES[feature]()
+    cache = PhotoCache()
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        for key, val in (("seed", seed), ("hr_size", hr_size), ("feature", feature)):
+            if meta[key] != val:
+                raise ValueError(f"{out} was built with {key}={meta[key]!r}, not {val!r}: use another --out folder")
+        gcfg = GTMapConfig(**meta["gt_map"])
+    else:
+        if not photos["train"]:
+            raise ValueError("the train split has no photos")
+        if pixel_scale is None or feature_scale is None:
+            ps, fs = calibrate_scales(photos["train"], cache, pool, feat, hr_size, seed, calib_items)
+            pixel_scale = pixel_scale or ps
+            feature_scale = feature_scale or fs
+        gcfg = GTMapConfig(alpha=alpha, pixel_scale=pixel_scale, feature_scale=feature_scale)
+        meta = {"version": 1, "seed": seed, "hr_size": hr_size, "feature": feature, "gt_map": asdict(gcfg),
+                "changed_threshold": CHANGED_THRESHOLD, "pool": [m.name for m, _ in pool],
+                "photos": {s: [p.id for p in photos[s]] for s in SPLITS}}
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
+    done = read_manifest(out)
+    todo = [(s, i) for s in SPLITS for i in range(counts.get(s, 0)) if f"{s}/{i:06d}" not in done]
+    with open(out / "manifest.jsonl", "a") as manifest:
+        for split, i in tqdm(todo, desc="building FGR triplets", disable=not progress):
+            if not photos[split]:
+                raise ValueError(f"the {split} split has no photos; add photos with --photos")
+            rng = item_rng(seed, split, i)
+            photo = photos[split][int(rng.integers(len(photos[split])))]
+            hr = random_hr_crop(cache.get(photo), hr_size, rng)
+            t = make_triplet(hr, pool, rng)
+            mgt = gt_map(t["syn"], t["gt"], t["mask"], feat, gcfg)
+            (out / split).mkdir(exist_ok=True)
+            stem = out / split / f"{i:06d}"
+            for key in ("gt", "sr", "syn", "mask"):
+                _save_png(t[key], Path(f"{stem}_{key}.png"))
+            _save_png(mgt, Path(f"{stem}_mgt.png"), bits=16)
+            changed = (mgt > CHANGED_THRESHOLD) & (t["mask"] > 0.5)
+            rec = {"id": f"{split}/{i:06d}", "split": split, "index": i, "photo": photo.id,
+                   "sr_method": t["sr_method"], "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
+                   "mask_coverage": float(t["mask"].mean()), "changed_fraction": float(changed.mean()),
+                   "mgt_mean": float(mgt.mean())}
+            manifest.write(json.dumps(rec) + "\n")
+            manifest.flush()
+            os.fsync(manifest.fileno())
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("data/fgr"), help="dataset folder (resumes if it exists)")
+    ap.add_argument("--train", type=int, default=2400)
+    ap.add_argument("--val", type=int, default=200)
+    ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--hr-size", type=int, default=256, help="HR crop side in px (a multiple of 4)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--photos", action="append", default=[], help="extra folder of HR photos (repeatable)")
+    ap.add_argument("--feature", choices=sorted(FEATURE_DISTANCES), default="efficientnet_lite0",
+                    help="feature extractor of Diff_feat (dino needs Hub weights)")
+    ap.add_argument("--alpha", type=float, default=0.5, help="weight of the pixel term in M_gt")
+    ap.add_argument("--pixel-scale", type=float, default=None, help="fixed scale of Diff_pixel (default: calibrated)")
+    ap.add_argument("--feature-scale", type=float, default=None, help="fixed scale of Diff_feat (default: calibrated)")
+    args = ap.parse_args(argv)
+    if args.hr_size % 4:
+        ap.error("--hr-size must be a multiple of 4 (the SR scale)")
+    build(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.hr_size, args.seed,
+          args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos))
+    print(f"dataset ready in {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
