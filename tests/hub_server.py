@@ -38,7 +38,7 @@ import socket
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -78,8 +78,10 @@ ROUTES = (
 _REPO_TYPES = ("model", "dataset", "space")
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _API_SUBROUTES = {"revision", "tree", "preupload", "commit", "paths-info", "resolve", "refs", "commits", "branch"}
+_API_ROUTE_NAMES = {
+    "revision": "info", "tree": "tree", "paths-info": "paths_info", "preupload": "preupload", "commit": "commit"
+}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _GITATTRIBUTES = (
     b"*.bin filter=lfs diff=lfs merge=lfs -text\n"
     b"*.ckpt filter=lfs diff=lfs merge=lfs -text\n"
@@ -120,6 +122,21 @@ def _check_repo_path(path: str) -> str:
     if parts[0] == ".git":
         raise HubError(400, f"Invalid path in repo (.git is reserved): {path!r}")
     return path
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int]:
+    """First and last byte of a single ``Range: bytes=a-b`` / ``a-`` / ``-n`` header; HTTP 416 if unusable."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    if match is None or match.groups() == ("", ""):
+        raise HubError(416, f"Unsupported Range: {header}", headers={"Content-Range": f"bytes */{size}"})
+    first, last = match.groups()
+    if first:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    else:
+        start, end = max(size - int(last), 0), size - 1
+    if start >= size or start > end:
+        raise HubError(416, f"Range not satisfiable: {header}", headers={"Content-Range": f"bytes */{size}"})
+    return start, end
 
 
 # --------------------------------------------------------------------------------------------------
@@ -235,7 +252,8 @@ class LocalHubServer:
     """Hub-compatible HTTP server on 127.0.0.1 (random free port), run in a background thread.
 
     Args:
-        root: folder for the blob store; a temporary folder (removed by `stop`) if None.
+        root: folder for the file contents (repo metadata lives in memory); a temporary folder,
+            removed by `stop`, if None.
         token: the only accepted access token; None accepts any (or no) token.
         user: user name returned by whoami, and namespace of repos created without one.
 
@@ -314,6 +332,9 @@ class LocalHubServer:
             self._thread.join(timeout=5)
         if self._owns_root and self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
+            with self._lock:  # the blobs are gone: a restarted server starts empty
+                self._repos.clear()
+            self._root, self._owns_root = None, False
 
     def __enter__(self) -> LocalHubServer:
         return self.start()
@@ -376,6 +397,8 @@ class LocalHubServer:
             return self._resolve_commit(self._get_repo(repo_type, repo_id), revision).oid
 
     def _add_fault(self, fault: Fault) -> Fault:
+        if fault.remaining < 1:
+            raise ValueError(f"A fault needs n >= 1 (got {fault.remaining})")
         if fault.route is not None and fault.route not in ROUTES:
             raise ValueError(f"Unknown route {fault.route!r}; expected one of {ROUTES}")
         with self._lock:
@@ -424,10 +447,14 @@ class LocalHubServer:
                 return repo.commits[matches[0]]
         raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
 
-    def _new_commit(self, repo: _Repo, parent: str | None, title: str, description: str, files: dict[str, str]) -> _Commit:
+    def _new_commit(
+        self, repo: _Repo, parent: str | None, title: str, description: str, files: dict[str, str]
+    ) -> _Commit:
         self._commit_counter += 1
         date = _now()
-        seed = json.dumps([repo.repo_type, repo.repo_id, parent, title, description, date, self._commit_counter, sorted(files.items())])
+        seed = json.dumps([
+            repo.repo_type, repo.repo_id, parent, title, description, date, self._commit_counter, sorted(files.items())
+        ])
         commit = _Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, title, description, date, dict(files))
         repo.commits[commit.oid] = commit
         return commit
@@ -444,7 +471,9 @@ class LocalHubServer:
 
     def _file_entry(self, repo: _Repo, commit: _Commit, path: str, expand: bool) -> dict[str, Any]:
         sha256 = commit.files[path]
-        entry: dict[str, Any] = {"type": "file", "oid": self._store.git_oid(sha256), "size": self._store.size(sha256), "path": path}
+        entry: dict[str, Any] = {
+            "type": "file", "oid": self._store.git_oid(sha256), "size": self._store.size(sha256), "path": path
+        }
         if expand:
             last = self._last_commit(repo, commit, path)
             entry["lastCommit"] = {"id": last.oid, "title": last.title, "date": last.date}
@@ -452,7 +481,8 @@ class LocalHubServer:
 
     def _folder_entry(self, commit: _Commit, folder: str) -> dict[str, Any]:
         content = sorted((p, s) for p, s in commit.files.items() if p.startswith(folder + "/"))
-        return {"type": "directory", "oid": hashlib.sha1(json.dumps(content).encode()).hexdigest(), "size": 0, "path": folder}
+        oid = hashlib.sha1(json.dumps(content).encode()).hexdigest()
+        return {"type": "directory", "oid": oid, "size": 0, "path": folder}
 
     def _info(self, repo: _Repo, commit: _Commit, blobs: bool) -> dict[str, Any]:
         siblings = []
@@ -602,7 +632,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.hub.errors.append(traceback.format_exc())
             self._send_error(HubError(500, "Internal error in LocalHubServer (see server.errors)"))
 
-    def _send(self, status: int, body: bytes = b"", headers: Mapping[str, str] | None = None, *, content_type: str = "application/json") -> int:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        content_type: str = "application/json",
+    ) -> int:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -644,7 +681,7 @@ class _Handler(BaseHTTPRequestHandler):
                 repo_id, sub = "/".join(ids[:n]), ids[n:]
                 if not sub:
                     return _Route("info", repo_type, repo_id)
-                name = {"revision": "info", "tree": "tree", "paths-info": "paths_info", "preupload": "preupload", "commit": "commit"}.get(sub[0])
+                name = _API_ROUTE_NAMES.get(sub[0])
                 if name is not None and len(sub) >= 2:
                     path = unquote("/".join(sub[2:])) or None
                     if path is not None:
@@ -735,12 +772,16 @@ class _Handler(BaseHTTPRequestHandler):
             existing = hub._repos.get((repo_type, repo_id))
             if existing is not None:
                 # huggingface_hub's create_repo(exist_ok=True) ignores the 409 and still reads "url" from the body.
-                return self._send_json(409, {"error": f"You already created this {repo_type} repo", "url": f"{hub.endpoint}/{existing.url_path}"})
+                return self._send_json(409, {
+                    "error": f"You already created this {repo_type} repo",
+                    "url": f"{hub.endpoint}/{existing.url_path}",
+                })
             private = payload.get("private")
             if private is None:
                 private = payload.get("visibility") == "private"
             repo = _Repo(repo_type, repo_id, bool(private), _now())
-            initial = hub._new_commit(repo, None, "initial commit", "", {".gitattributes": hub._store.put(_GITATTRIBUTES)})
+            gitattributes = hub._store.put(_GITATTRIBUTES)
+            initial = hub._new_commit(repo, None, "initial commit", "", {".gitattributes": gitattributes})
             repo.branches["main"] = initial.oid
             hub._repos[(repo_type, repo_id)] = repo
             return self._send_json(200, {"url": f"{hub.endpoint}/{repo.url_path}", "name": repo_id, "id": repo_id})
@@ -857,7 +898,7 @@ class _Handler(BaseHTTPRequestHandler):
                 elif op == "lfs":
                     assert isinstance(data, str)
                     if not hub._store.has(data):
-                        raise HubError(400, f"LFS object {data} for {path} was never uploaded (LocalHubServer answers 'regular')")
+                        raise HubError(400, f"LFS object {data} for {path} was never uploaded (preupload: 'regular')")
                     files[path] = data
                 elif op == "deletedFile":
                     if files.pop(path, None) is None:
@@ -936,16 +977,7 @@ class _Handler(BaseHTTPRequestHandler):
         start, end, status = 0, size - 1, 200
         range_header = self.headers.get("Range")
         if range_header:
-            match = re.fullmatch(r"bytes=(\d*)-(\d*)", range_header.strip())
-            if match is None or match.groups() == ("", ""):
-                raise HubError(416, f"Unsupported Range: {range_header}", headers={"Content-Range": f"bytes */{size}"})
-            first, last = match.groups()
-            if first:
-                start, end = int(first), min(int(last), size - 1) if last else size - 1
-            else:
-                start, end = max(size - int(last), 0), size - 1
-            if start >= size or start > end:
-                raise HubError(416, f"Range not satisfiable: {range_header}", headers={"Content-Range": f"bytes */{size}"})
+            start, end = _parse_range(range_header, size)
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         length = end - start + 1 if size else 0
@@ -997,6 +1029,10 @@ _ENV_KEYS = (
     "HF_HUB_DISABLE_TELEMETRY", "NO_PROXY", "no_proxy",
 )
 
+_ENV_UNSET = (
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HUGGINGFACE_HUB_CACHE"
+)
+
 
 def _module_dicts() -> Iterator[dict[str, Any]]:
     """Globals of every imported module (without triggering lazy imports)."""
@@ -1011,7 +1047,9 @@ def _module_dicts() -> Iterator[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def hub_env(server: LocalHubServer | str, *, token: str = DEFAULT_TOKEN, home: str | Path | None = None) -> Iterator[HubEnv]:
+def hub_env(
+    server: LocalHubServer | str, *, token: str = DEFAULT_TOKEN, home: str | Path | None = None
+) -> Iterator[HubEnv]:
     """Point `huggingface_hub` (and diffusers) at `server` for the duration of the block.
 
     Sets ``HF_ENDPOINT``, ``HF_TOKEN`` (a dummy token), a temporary ``HF_HOME`` / ``HF_HUB_CACHE``,
@@ -1068,7 +1106,7 @@ def hub_env(server: LocalHubServer | str, *, token: str = DEFAULT_TOKEN, home: s
                 os.environ[key] = value
 
     try:
-        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HUGGINGFACE_HUB_CACHE"):
+        for key in _ENV_UNSET:
             os.environ.pop(key, None)
         no_proxy = ",".join(filter(None, [os.environ.get("NO_PROXY"), "127.0.0.1", "localhost"]))
         os.environ.update({

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import os
@@ -13,8 +14,15 @@ import pytest
 import torch
 from hub_fixtures import local_hub  # noqa: F401
 from hub_server import DEFAULT_TOKEN, LocalHubServer, hub_env
-from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url, snapshot_download
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+from huggingface_hub import (
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    get_hf_file_metadata,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+)
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -118,8 +126,6 @@ def test_upload_folder_download_and_snapshot(local_hub: LocalHubServer, model_fo
     # Metadata the client reads from HEAD /resolve: sha256 ETag, X-Repo-Commit, exact size.
     meta = get_hf_file_metadata(hf_hub_url("user/folder", "model.safetensors"))
     weights = expected["model.safetensors"]
-    import hashlib
-
     assert meta.etag == hashlib.sha256(weights).hexdigest()
     assert meta.commit_hash == info.oid and meta.size == len(weights) and meta.xet_file_data is None
 

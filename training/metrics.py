@@ -1,7 +1,8 @@
 """Validation figures of a reward-model stage on an FGR split (issue: reward model, §4).
 
 - ``pdm_auroc``: pixel AUROC of the predicted map on ``I_syn``: swapped pixels that really changed
-  (inside the mask and ``M_gt`` above the dataset's threshold) against pixels outside the mask.
+  (inside the mask and ``M_gt`` above the dataset's threshold) against pixels outside the mask
+  (mask below ``OUTSIDE``: the feathered edge of a swap is neither).
 - ``map_l1``: mean ``|M_pdm(I_syn) - M_gt|``.
 - ``triplet_acc``: share of triplets ranked ``S_gt > S_syn > S_sr``.
 - ``pair_acc``: share with ``S_gt > S_syn`` (does the score see a local defect at all?).
@@ -14,6 +15,8 @@ from typing import Optional
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+OUTSIDE = 0.01
 
 
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -55,7 +58,7 @@ def evaluate_stage(model, dataset, stage: int, batch_size: int = 8, device: str 
         mgt = batch["mgt"][:, 0].cpu().numpy()
         l1.append(np.abs(pdm_syn - mgt).mean(axis=(1, 2)))
         for p, m, g in zip(pdm_syn, mask, mgt):
-            pi, ni = p[(m > 0.5) & (g > thr)], p[m < 0.5]
+            pi, ni = p[(m > 0.5) & (g > thr)], p[m < OUTSIDE]
             if len(pi):
                 pos.append(rng.choice(pi, min(len(pi), pixels_per_image), replace=False))
             if len(ni):

@@ -137,6 +137,18 @@ def read_manifest(root: Path) -> dict[str, dict]:
     return done
 
 
+def _rewrite_manifest(root: Path, done: dict[str, dict]) -> None:
+    """Drop a line cut by a crash (and anything unparsable) so new lines never append to it."""
+    path = root / "manifest.jsonl"
+    if not path.is_file():
+        return
+    text = path.read_text()
+    if text and (not text.endswith("\n") or len(text.splitlines()) != len(done)):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        os.replace(tmp, path)
+
+
 def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
           feature: str = "efficientnet_lite0", alpha: float = 0.5, pixel_scale: Optional[float] = None,
           feature_scale: Optional[float] = None, extra_photos: tuple[str, ...] = (), calib_items: int = 32,
@@ -169,6 +181,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, meta_path)
     done = read_manifest(out)
+    _rewrite_manifest(out, done)
     todo = [(s, i) for s in SPLITS for i in range(counts.get(s, 0)) if f"{s}/{i:06d}" not in done]
     with open(out / "manifest.jsonl", "a") as manifest:
         for split, i in tqdm(todo, desc="building FGR triplets", disable=not progress):

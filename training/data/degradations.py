@@ -3,9 +3,10 @@
 Each of the two orders applies blur -> random resize -> noise -> JPEG; the second order ends, in a
 random order, with (resize to the exact target size + optional sinc filter) and JPEG. The result is
 rounded to 8-bit levels, as in Real-ESRGAN. Sampling follows ``realesrgan/data/realesrgan_dataset.py``
-and ``RealESRGANModel.feed_data`` with the defaults of ``train_realesrgan_x4plus.yml``; the one
-difference is that everything runs on one image with cv2 (``cv2.filter2D`` with reflect-101 borders,
-``cv2.resize`` without antialiasing, ``cv2.imencode`` JPEG with 4:2:0 chroma) instead of batched torch.
+and ``RealESRGANModel.feed_data`` with the defaults of ``train_realesrgan_x4plus.yml``. Differences:
+everything runs on one image with cv2 (``cv2.filter2D`` with reflect-101 borders, ``cv2.resize``
+without antialiasing, ``cv2.imencode`` JPEG with 4:2:0 chroma and integer quality) instead of batched
+torch, and the Poisson photon scale is fixed at 256 (see :func:`add_poisson_noise`).
 
 Image convention for this package (also used by :mod:`.artifacts` and :mod:`.masks`): float32
 ``HxWx3`` RGB in ``[0, 1]``. :func:`as_float_image` enforces it and *refuses* integer images rather
@@ -298,14 +299,17 @@ def add_gaussian_noise(img: np.ndarray, rng: np.random.Generator, sigma: float, 
     return np.clip(img + noise, 0.0, 1.0)
 
 
+_PHOTON_SCALE = 256.0
+
+
 def _poisson_residual(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Shot noise of ``x`` (as basicsr): counts ``x * vals`` with ``vals`` the number of distinct
-    8-bit levels rounded up to a power of two; returns ``Poisson(x * vals) / vals - x`` on the
-    8-bit-rounded ``x``."""
-    levels = np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
-    vals = 2.0 ** np.ceil(np.log2(np.count_nonzero(np.bincount(levels.ravel(), minlength=256))))
-    q = levels.astype(np.float32) / 255.0
-    return (rng.poisson(q * vals).astype(np.float32) / np.float32(vals)) - q
+    """Shot noise ``Poisson(q * 256) / 256 - q`` of the 8-bit-rounded ``q = x``.
+
+    basicsr scales by the number of distinct 8-bit levels rounded up to a power of two, which is 256
+    for any photo with more than 128 levels but 1 for a flat crop (noise of +-1). We always use 256.
+    """
+    q = np.round(np.clip(x, 0, 1) * 255) / 255
+    return (rng.poisson(q * _PHOTON_SCALE) / _PHOTON_SCALE - q).astype(np.float32)
 
 
 def add_poisson_noise(img: np.ndarray, rng: np.random.Generator, scale: float, gray: bool = False) -> np.ndarray:
