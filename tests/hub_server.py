@@ -23,7 +23,13 @@ Fault injection (for reliability tests)::
     server.fail_next(2, status=500, route="commit")   # the next 2 commits answer HTTP 500
     server.drop_next(1, route="commit")               # the next commit gets no response at all
 
-Routes names: see `ROUTES`. Every request is recorded in `server.requests` (see `count`).
+Route names: see `ROUTES`. Every request is recorded in `server.requests` (see `count`).
+
+Typical use (pytest: the `local_hub` fixture in tests/hub_fixtures.py does exactly this)::
+
+    with LocalHubServer() as server, hub_env(server):
+        model.push_to_hub("user/tiny")
+        UNet2DModel.from_pretrained("user/tiny")
 """
 from __future__ import annotations
 
@@ -61,19 +67,20 @@ __all__ = [
 DEFAULT_TOKEN = "hf_local_test_token"
 DEFAULT_USER = "user"
 
-#: Route names usable in `LocalHubServer.fail_next` / `drop_next` / `count`.
-ROUTES = (
-    "whoami",  # GET  /api/whoami-v2
-    "create_repo",  # POST /api/repos/create
-    "delete_repo",  # DELETE /api/repos/delete
-    "validate_yaml",  # POST /api/validate-yaml
-    "info",  # GET  /api/{type}s/{repo_id}[/revision/{rev}]
-    "tree",  # GET  /api/{type}s/{repo_id}/tree/{rev}[/{path}]
-    "paths_info",  # POST /api/{type}s/{repo_id}/paths-info/{rev}
-    "preupload",  # POST /api/{type}s/{repo_id}/preupload/{rev}
-    "commit",  # POST /api/{type}s/{repo_id}/commit/{rev}
-    "resolve",  # HEAD/GET /[{type}s/]{repo_id}/resolve/{rev}/{path}
-)
+_ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    "whoami": ("GET",),  # /api/whoami-v2
+    "create_repo": ("POST",),  # /api/repos/create
+    "delete_repo": ("DELETE",),  # /api/repos/delete
+    "validate_yaml": ("POST",),  # /api/validate-yaml
+    "info": ("GET",),  # /api/{type}s/{repo_id}[/revision/{rev}]
+    "tree": ("GET",),  # /api/{type}s/{repo_id}/tree/{rev}[/{path}]
+    "paths_info": ("POST",),  # /api/{type}s/{repo_id}/paths-info/{rev}
+    "preupload": ("POST",),  # /api/{type}s/{repo_id}/preupload/{rev}
+    "commit": ("POST",),  # /api/{type}s/{repo_id}/commit/{rev}
+    "resolve": ("GET", "HEAD"),  # /[{type}s/]{repo_id}/resolve/{rev}/{path}
+}
+#: Route names usable in `LocalHubServer.fail_next` / `drop_next` / `count` (see `_ROUTE_METHODS` for URLs).
+ROUTES = tuple(_ROUTE_METHODS)
 
 _REPO_TYPES = ("model", "dataset", "space")
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
@@ -122,6 +129,11 @@ def _check_repo_path(path: str) -> str:
     if parts[0] == ".git":
         raise HubError(400, f"Invalid path in repo (.git is reserved): {path!r}")
     return path
+
+
+def _flag(params: Mapping[str, list[str]], name: str) -> bool:
+    """Boolean query / form parameter (``true`` / ``1``; httpx sends Python bools as ``true`` / ``false``)."""
+    return str(params.get(name, ["false"])[-1]).lower() in ("1", "true")
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:
@@ -688,31 +700,19 @@ class _Handler(BaseHTTPRequestHandler):
                         _check_repo_path(path)
                     return _Route(name, repo_type, repo_id, unquote(sub[1]), path)
             raise HubError(404, f"Not found: {method} {raw_path} (not implemented by LocalHubServer)")
-        if "resolve" in segments:
-            i = segments.index("resolve")
-            prefix = segments[:i]
-            repo_type = "model"
-            if prefix and prefix[0] in ("datasets", "spaces"):
-                repo_type, prefix = prefix[0][:-1], prefix[1:]
-            if 1 <= len(prefix) <= 2 and len(segments) >= i + 3:
-                path = _check_repo_path(unquote("/".join(segments[i + 2 :])))
-                return _Route("resolve", repo_type, "/".join(prefix), unquote(segments[i + 1]), path)
+        # /[datasets/|spaces/]{namespace}/{name}/resolve/{revision}/{path...} (or a namespace-less {name})
+        repo_type = "model"
+        if segments[0] in ("datasets", "spaces"):
+            repo_type, segments = segments[0][:-1], segments[1:]
+        for n in (2, 1):
+            if len(segments) >= n + 3 and segments[n] == "resolve":
+                path = _check_repo_path(unquote("/".join(segments[n + 2 :])))
+                return _Route("resolve", repo_type, "/".join(segments[:n]), unquote(segments[n + 1]), path)
         raise HubError(404, f"Not found: {method} {raw_path}")
 
     def _dispatch(self, method: str, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
-        allowed = {
-            "whoami": ("GET",),
-            "create_repo": ("POST",),
-            "delete_repo": ("DELETE",),
-            "validate_yaml": ("POST",),
-            "info": ("GET",),
-            "tree": ("GET",),
-            "paths_info": ("POST",),
-            "preupload": ("POST",),
-            "commit": ("POST",),
-            "resolve": ("GET", "HEAD"),
-        }[route.name]
-        if method not in allowed:
+        """Call ``_route_<name>``; returns the HTTP status sent."""
+        if method not in _ROUTE_METHODS[route.name]:
             raise HubError(405, f"Method {method} not allowed on {route.name}")
         handler = getattr(self, f"_route_{route.name}")
         return handler(route, query, body)
@@ -770,21 +770,20 @@ class _Handler(BaseHTTPRequestHandler):
         hub = self.hub
         with hub._lock:
             existing = hub._repos.get((repo_type, repo_id))
-            if existing is not None:
-                # huggingface_hub's create_repo(exist_ok=True) ignores the 409 and still reads "url" from the body.
-                return self._send_json(409, {
-                    "error": f"You already created this {repo_type} repo",
-                    "url": f"{hub.endpoint}/{existing.url_path}",
-                })
-            private = payload.get("private")
-            if private is None:
-                private = payload.get("visibility") == "private"
-            repo = _Repo(repo_type, repo_id, bool(private), _now())
-            gitattributes = hub._store.put(_GITATTRIBUTES)
-            initial = hub._new_commit(repo, None, "initial commit", "", {".gitattributes": gitattributes})
-            repo.branches["main"] = initial.oid
-            hub._repos[(repo_type, repo_id)] = repo
-            return self._send_json(200, {"url": f"{hub.endpoint}/{repo.url_path}", "name": repo_id, "id": repo_id})
+            if existing is None:
+                private = payload.get("private")
+                if private is None:
+                    private = payload.get("visibility") == "private"
+                repo = _Repo(repo_type, repo_id, bool(private), _now())
+                gitattributes = hub._store.put(_GITATTRIBUTES)
+                initial = hub._new_commit(repo, None, "initial commit", "", {".gitattributes": gitattributes})
+                repo.branches["main"] = initial.oid
+                hub._repos[(repo_type, repo_id)] = repo
+        url = f"{hub.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
+        if existing is not None:
+            # huggingface_hub's create_repo(exist_ok=True) ignores the 409 and still reads "url" from the body.
+            return self._send_json(409, {"error": f"You already created this {repo_type} repo", "url": url})
+        return self._send_json(200, {"url": url, "name": repo_id, "id": repo_id})
 
     def _route_delete_repo(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
         self._authorized(required=True)
@@ -804,12 +803,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _route_info(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
         with self.hub._lock:
             repo, commit = self._read_repo(route)
-            blobs = query.get("blobs", ["false"])[-1].lower() in ("1", "true")
-            return self._send_json(200, self.hub._info(repo, commit, blobs))
+            info = self.hub._info(repo, commit, blobs=_flag(query, "blobs"))
+        return self._send_json(200, info)
 
     def _route_tree(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
-        recursive = query.get("recursive", ["false"])[-1].lower() in ("1", "true")
-        expand = query.get("expand", ["false"])[-1].lower() in ("1", "true")
+        recursive, expand = _flag(query, "recursive"), _flag(query, "expand")
         hub = self.hub
         with hub._lock:
             repo, commit = self._read_repo(route)
@@ -833,14 +831,14 @@ class _Handler(BaseHTTPRequestHandler):
                 folders.update(prefix + "/".join(parts[:k]) for k in range(1, len(parts)))
             entries = [hub._folder_entry(commit, f) for f in sorted(folders)]
             entries += [hub._file_entry(repo, commit, p, expand) for p in files]
-            return self._send_json(200, entries)
+        return self._send_json(200, entries)
 
     def _route_paths_info(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
         form = parse_qs(body.decode(), keep_blank_values=True)
         if "application/json" in self.headers.get("Content-Type", ""):
             form = {k: v if isinstance(v, list) else [v] for k, v in self._json_body(body).items()}
         paths = [_check_repo_path(str(p)) for p in form.get("paths", [])]
-        expand = str(form.get("expand", ["false"])[-1]).lower() in ("1", "true")
+        expand = _flag(form, "expand")
         hub = self.hub
         with hub._lock:
             repo, commit = self._read_repo(route)
@@ -850,7 +848,7 @@ class _Handler(BaseHTTPRequestHandler):
                     entries.append(hub._file_entry(repo, commit, path, expand))
                 elif any(p.startswith(path + "/") for p in commit.files):
                     entries.append(hub._folder_entry(commit, path))
-            return self._send_json(200, entries)
+        return self._send_json(200, entries)
 
     def _route_preupload(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
         authorized = self._authorized(required=True)
@@ -873,7 +871,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if commit is not None and path in commit.files:
                     entry["oid"] = hub._store.git_oid(commit.files[path])
                 answer.append(entry)
-            return self._send_json(200, {"files": answer, "commitOid": commit.oid if commit else None})
+        return self._send_json(200, {"files": answer, "commitOid": commit.oid if commit else None})
 
     def _route_commit(self, route: _Route, query: dict[str, list[str]], body: bytes) -> int:
         authorized = self._authorized(required=True)
@@ -916,13 +914,13 @@ class _Handler(BaseHTTPRequestHandler):
                 pr_url = f"{hub.endpoint}/{repo.url_path}/discussions/{repo.num_prs}"
             commit = hub._new_commit(repo, head.oid, title, str(header.get("description") or ""), files)
             repo.branches[branch] = commit.oid
-            return self._send_json(200, {
-                "success": True,
-                "commitOid": commit.oid,
-                "commitUrl": f"{hub.endpoint}/{repo.url_path}/commit/{commit.oid}",
-                "hookOutput": "",
-                "pullRequestUrl": pr_url,
-            })
+        return self._send_json(200, {
+            "success": True,
+            "commitOid": commit.oid,
+            "commitUrl": f"{hub.endpoint}/{repo.url_path}/commit/{commit.oid}",
+            "hookOutput": "",
+            "pullRequestUrl": pr_url,
+        })
 
     @staticmethod
     def _parse_commit_payload(body: bytes) -> tuple[dict[str, Any], list[tuple[str, str, bytes | str | None]]]:
@@ -1087,11 +1085,12 @@ def hub_env(
         "HF_XET_CACHE": str(home_path / "xet"),
         "HF_TOKEN_PATH": str(home_path / "token"),
         "HF_STORED_TOKENS_PATH": str(home_path / "stored_tokens"),
+        "HF_MODULES_CACHE": str(home_path / "modules"),  # diffusers / transformers remote-code cache
     }
-    # Value of each name before patching, taken from huggingface_hub.constants (diffusers' endpoint copy
-    # defaults to the public Hub even when constants differ).
+    # Value of each name before patching: a module global with that name and value is a copy to patch.
     originals = {name: getattr(constants, name, None) for name in new_values}
     originals["HUGGINGFACE_CO_RESOLVE_ENDPOINT"] = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    originals["HF_MODULES_CACHE"] = os.environ.get("HF_MODULES_CACHE", os.path.join(constants.HF_HOME, "modules"))
 
     saved_env = {key: os.environ.get(key) for key in _ENV_KEYS}
     patched: list[tuple[dict[str, Any], str, Any]] = []  # (module globals, name, old value)

@@ -43,10 +43,13 @@ def _grad(y: np.ndarray) -> np.ndarray:
     return np.hypot(cv2.Sobel(y, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(y, cv2.CV_32F, 0, 1, ksize=3))
 
 
-def _highpass_energy(img: np.ndarray, where: np.ndarray | None = None) -> float:
+def _highpass(img: np.ndarray) -> np.ndarray:
     y = _luma(img)
-    hp = (y - cv2.GaussianBlur(y, (0, 0), 1.0)) ** 2
-    return float(hp.mean() if where is None else hp[where].mean())
+    return y - cv2.GaussianBlur(y, (0, 0), 1.0)
+
+
+def _highpass_energy(img: np.ndarray) -> float:
+    return float(np.mean(_highpass(img) ** 2))
 
 
 def _texture_region(img: np.ndarray) -> np.ndarray:
@@ -124,6 +127,17 @@ def test_degrade_degrades_more_than_a_clean_round_trip(photos):
                          for s in SEEDS])
         assert standard < clean - 2.0, (name, standard, clean)
         assert standard < light < clean, (name, standard, light, clean)
+
+
+def test_degrade_follows_its_config(photos):
+    """With blur, resize, noise and sinc switched off, only the final resize and quality-100 JPEG
+    (still 4:2:0 chroma) remain: the LR is close to a clean resize (the default gives ~20 dB)."""
+    off = D.OrderConfig(blur_prob=0.0, resize_probs=(0.0, 0.0, 1.0), gaussian_noise_prob=1.0, noise_range=(0.0, 0.0),
+                        jpeg_range=(100, 100))
+    cfg = D.DegradationConfig(first=off, second=off, final_sinc_prob=0.0, resize_modes=("area",))
+    hr = photos["coffee"]
+    lr = D.degrade(hr, 4, np.random.default_rng(0), cfg)
+    assert _psnr(lr, D.resize(hr, (32, 32), "area")) > 30
 
 
 def test_degrade_rejects_bad_scale(photos):
@@ -222,10 +236,14 @@ def test_oversharpen_increases_gradient_energy_near_edges(photos):
 
 
 def test_painterly_smooth_flattens_texture(photos):
+    """Typical (median) high-pass amplitude in textured regions drops. The median, not the mean:
+    flattening turns texture into patches whose few sharp boundaries carry high-pass energy."""
     def ratio(img, rng):
         region = _texture_region(img)
-        return _highpass_energy(A.painterly_smooth(img, rng, 1.0), region) / _highpass_energy(img, region)
-    assert _mean_over_seeds(ratio, photos, range(12)) < 0.7  # 12 seeds: all four filters drawn
+        flat = np.median(np.abs(_highpass(A.painterly_smooth(img, rng, 1.0)))[region])
+        return flat / np.median(np.abs(_highpass(img))[region])
+    ratios = [ratio(img, np.random.default_rng(s)) for img in photos.values() for s in range(12)]
+    assert np.mean(ratios) < 0.75 and max(ratios) < 1.0  # 12 seeds: all three filters drawn
 
 
 def test_hallucinated_texture_adds_high_frequencies_away_from_edges(photos):
@@ -249,9 +267,8 @@ def _blockiness(img: np.ndarray) -> float:
 
 def test_blocking_has_8_pixel_periodic_discontinuities(photos):
     for img in photos.values():
-        assert _blockiness(img) < 1.15
-        for seed in SEEDS:
-            assert _blockiness(A.blocking_ringing(img, np.random.default_rng(seed), 1.0)) > 1.3
+        blocky = [_blockiness(A.blocking_ringing(img, np.random.default_rng(seed), 1.0)) for seed in SEEDS]
+        assert _blockiness(img) < 1.15 and min(blocky) > 1.2 and np.mean(blocky) > 1.5, blocky
 
 
 def test_color_shift_changes_chroma_not_luma(photos):
@@ -310,6 +327,14 @@ GENERATORS = {
 }
 
 
+def _near_contour(m: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within ``radius`` px (Chebyshev) of the 0.5 level set of ``m``."""
+    b = (m > 0.5).astype(np.uint8)
+    k = np.ones((3, 3), np.uint8)
+    contour = (cv2.dilate(b, k) != cv2.erode(b, k)).astype(np.uint8)
+    return cv2.dilate(contour, np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)) > 0
+
+
 @pytest.mark.parametrize("kind", sorted(GENERATORS))
 def test_mask_generator_contract(photos, kind):
     img, gen = photos["chelsea"], GENERATORS[kind]
@@ -317,8 +342,8 @@ def test_mask_generator_contract(photos, kind):
         m = gen(img, np.random.default_rng(seed))
         assert m.shape == img.shape[:2] and m.dtype == np.float32
         assert m.min() >= 0 and m.max() <= 1 and m.max() > 0.5           # never empty
-        assert np.mean((m > 0.05) & (m < 0.95)) < 0.2                      # binary with a feathered edge
-        assert 0 < np.mean((m > 0.01) & (m < 0.99))                         # ... which is soft
+        soft = (m > 0.02) & (m < 0.98)
+        assert soft.any() and not (soft & ~_near_contour(m, 5)).any()  # binary, feathered <= 5 px
     assert np.array_equal(gen(img, np.random.default_rng(1)), gen(img, np.random.default_rng(1)))
     assert not np.array_equal(gen(img, np.random.default_rng(1)), gen(img, np.random.default_rng(2)))
 

@@ -42,13 +42,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=ROOT / "data" / "fgr")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "default_rm")
     p.add_argument("--export", type=Path, default=DEFAULT_MODEL_DIR, help="where the final model goes")
-    p.add_argument("--train_items", type=int, default=2400)
-    p.add_argument("--val_items", type=int, default=160)
-    p.add_argument("--test_items", type=int, default=400)
-    p.add_argument("--stage0_steps", type=int, default=700)
-    p.add_argument("--stage_steps", type=int, default=350, help="steps of each stage >= 1")
+    p.add_argument("--train_items", type=int, default=1500)
+    p.add_argument("--val_items", type=int, default=100)
+    p.add_argument("--test_items", type=int, default=300)
+    p.add_argument("--hr_size", type=int, default=192, help="side of the HR crops of the dataset")
+    p.add_argument("--steps", default="400,150,150,150,300,300",
+                   help="training steps of stages 0..N, comma-separated (the finest stages matter most)")
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=192)
+    p.add_argument("--crop", type=int, default=160, help="random training crop side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_export", action="store_true")
     return p.parse_args(argv)
@@ -90,16 +91,18 @@ swaps of SR outputs: a small model for CPU use and a starting point, not the pap
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    build(args.data, {"train": args.train_items, "val": args.val_items, "test": args.test_items}, seed=args.seed)
+    build(args.data, {"train": args.train_items, "val": args.val_items, "test": args.test_items},
+          hr_size=args.hr_size, seed=args.seed)
     init: Optional[str] = None
-    probe = FinPercepRM()
-    args.num_stages = probe.num_stages
+    args.num_stages = FinPercepRM().num_stages
+    if len(args.steps.split(",")) != args.num_stages + 1:
+        raise SystemExit(f"--steps needs {args.num_stages + 1} comma-separated counts (stages 0..{args.num_stages})")
     for stage in range(args.num_stages + 1):
         out = args.runs / f"stage{stage}"
         if (out / "result.json").is_file() and (out / "model" / "config.json").is_file():
             print(f"stage {stage}: done already ({out})", file=sys.stderr)
         else:
-            steps = args.stage0_steps if stage == 0 else args.stage_steps
+            steps = int(args.steps.split(",")[stage])
             argv_s = ["--data", str(args.data), "--stage", str(stage), "--output_dir", str(out),
                       "--max_steps", str(steps), "--batch_size", str(args.batch_size), "--crop", str(args.crop),
                       "--seed", str(args.seed + stage), "--resume_from_checkpoint", "latest",

@@ -135,11 +135,11 @@ def _parse_param_token(token: str, where: str) -> tuple[int, ParamValue]:
         if key > ARRAY_KEY_BASE:
             return key, _parse_scalar(value_text)
         count_text, *items = value_text.split(",")
-        values = tuple(_parse_scalar(item) for item in items)
+        count, values = int(count_text), tuple(_parse_scalar(item) for item in items)
     except ValueError as exc:
         raise NcnnFormatError(f"{where}: cannot parse parameter {token!r} ({exc})") from None
-    if int(count_text) != len(values):
-        raise NcnnFormatError(f"{where}: array parameter {token!r} announces {count_text} values "
+    if count != len(values):
+        raise NcnnFormatError(f"{where}: array parameter {token!r} announces {count} values "
                               f"but has {len(values)}")
     return ARRAY_KEY_BASE - key, values
 

@@ -183,7 +183,12 @@ def load_ncnn_weights(module: nn.Module, ncnn_model: NcnnModel) -> None:
             if layer.type != _NCNN_TYPE_FOR[type(child)]:
                 raise ValueError(f"{where}: ncnn layer {layer.name!r} is a {layer.type}, module {name!r} "
                                  f"is a {type(child).__name__}")
-            for pname, array in _ncnn_to_torch(child, layer, ncnn_model.weights[layer.name]).items():
+            arrays = _ncnn_to_torch(child, layer, ncnn_model.weights[layer.name])
+            expected = {pname for pname, _ in child.named_parameters(recurse=False)}
+            if set(arrays) != expected:
+                raise ValueError(f"{where}: ncnn layer {layer.name!r} provides {sorted(arrays)}, module "
+                                 f"{name!r} has parameters {sorted(expected)}")
+            for pname, array in arrays.items():
                 param = getattr(child, pname)
                 if tuple(param.shape) != array.shape:
                     raise ValueError(f"{where}: ncnn layer {layer.name!r} {pname} has shape {array.shape}, "
@@ -191,7 +196,8 @@ def load_ncnn_weights(module: nn.Module, ncnn_model: NcnnModel) -> None:
                 param.copy_(torch.from_numpy(np.array(array, dtype=np.float32)))
 
 
-def load_srnet(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+def load_srnet(name: str, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> nn.Module:
     """Build model ``name`` (see :func:`available_models`) with its pretrained weights, in eval mode.
 
     The module maps ``B x 3 x H x W`` in [0, 1] to ``B x 3 x (scale*H) x (scale*W)`` (unclamped);

@@ -2,10 +2,11 @@
 
 Every operator is ``op(img, rng, strength) -> img`` on float32 ``HxWx3`` RGB in ``[0, 1]`` (checked by
 :func:`.degradations.as_float_image`, which refuses uint8 input with the fix in the message) and
-returns a new float32 array of the same shape, clipped to ``[0, 1]``. ``strength`` in ``[0, 1]``
-scales the magnitude of the effect; ``strength == 0`` is the identity and draws nothing from ``rng``.
-The *style* of the effect (radius, method, orientation, grid phase...) is drawn from ``rng`` before
-and independently of ``strength``, so one seed at increasing strengths gives the same artifact,
+returns a new float32 array of the same shape, clipped to ``[0, 1]``; images must be at least
+``MIN_SIZE`` (4) pixels high and wide. ``strength`` in ``[0, 1]`` scales the magnitude of the
+effect; ``strength == 0`` is the identity and draws nothing from ``rng``.
+The *style* of the effect (radius, method, orientation, grid phase...) comes from ``rng`` with the
+same draws at every ``strength``, so one seed at increasing strengths gives the same artifact,
 growing.
 
 Registry: :data:`ARTIFACTS` (name -> operator); :func:`apply_random_artifact` draws one.
@@ -32,11 +33,12 @@ from .degradations import (as_float_image, bivariate_kernel, filter2d, gaussian_
                            sinc_kernel, to_gray)
 from .masks import smooth_noise_field
 
-__all__ = ["ARTIFACTS", "ArtifactOp", "apply_random_artifact", "oversharpen_halo", "painterly_smooth",
+__all__ = ["ARTIFACTS", "ArtifactOp", "MIN_SIZE", "apply_random_artifact", "oversharpen_halo", "painterly_smooth",
            "hallucinated_texture", "blocking_ringing", "color_shift", "jaggies_aliasing", "blur_detail_loss"]
 
 ArtifactOp = Callable[[np.ndarray, np.random.Generator, float], np.ndarray]
 ARTIFACTS: dict[str, ArtifactOp] = {}
+MIN_SIZE = 4  # smallest height / width accepted (cv2's edge-preserving filter fails on 1-px images)
 
 
 def _artifact(fn: ArtifactOp) -> ArtifactOp:
@@ -46,6 +48,9 @@ def _artifact(fn: ArtifactOp) -> ArtifactOp:
     @functools.wraps(fn)
     def op(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
         img = as_float_image(img)
+        if min(img.shape[:2]) < MIN_SIZE:
+            raise ValueError(f"artifact operators need images of at least {MIN_SIZE}x{MIN_SIZE} px, "
+                             f"got {img.shape[:2]}")
         strength = float(strength)
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -97,45 +102,29 @@ def oversharpen_halo(img: np.ndarray, rng: np.random.Generator, strength: float)
     return img + np.float32(amount) * detail
 
 
-def _kuwahara(img: np.ndarray, radius: int) -> np.ndarray:
-    """Kuwahara filter: each pixel takes the mean colour of the least-variant (by luma) of the four
-    ``(radius+1)^2`` quadrant windows around it: flat patches, edges kept."""
-    k = radius + 1
-    y = to_gray(img)[..., 0]
-    anchors = [(0, 0), (radius, 0), (0, radius), (radius, radius)]
-
-    def box(x: np.ndarray, anchor: tuple[int, int]) -> np.ndarray:
-        return cv2.boxFilter(x, -1, (k, k), anchor=anchor, borderType=cv2.BORDER_REFLECT_101).reshape(x.shape)
-
-    variances = np.stack([box(y * y, a) - box(y, a) ** 2 for a in anchors])
-    means = np.stack([box(img, a) for a in anchors])
-    best = np.argmin(variances, axis=0)
-    return np.take_along_axis(means, best[None, ..., None], axis=0)[0]
-
-
 def _painterly_filter(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    method = int(rng.integers(4))
-    if method == 0:  # domain-transform recursive filter (Gastal & Oliveira)
+    method = int(rng.integers(3))
+    if method == 0:  # domain-transform recursive filter (Gastal & Oliveira 2011)
         u8 = cv2.edgePreservingFilter(_to_u8(img), flags=cv2.RECURS_FILTER,
                                       sigma_s=float(rng.uniform(20, 80)), sigma_r=float(rng.uniform(0.15, 0.45)))
         return u8.astype(np.float32) / 255.0
-    if method == 1:  # oil painting: the most frequent intensity bin of the neighbourhood
-        size = int(rng.integers(2, 5))
-        return cv2.xphoto.oilPainting(_to_u8(img), size, 1, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
-    if method == 2:
-        return _kuwahara(img, int(rng.integers(2, 6)))
+    if method == 1:  # L0 gradient minimization (Xu et al. 2011): piecewise-flat, sharp-edged
+        # l0Smooth overwrites a float32 input in place (OpenCV 4.x/5.x): give it a copy
+        return cv2.ximgproc.l0Smooth(img.copy(), lambda_=float(rng.uniform(0.005, 0.03)), kappa=2.0)
     out = img  # iterated bilateral filter
-    sigma_color, sigma_space = float(rng.uniform(0.08, 0.2)), float(rng.uniform(2.0, 5.0))
+    sigma_color, sigma_space = float(rng.uniform(0.1, 0.25)), float(rng.uniform(2.0, 5.0))
     for _ in range(int(rng.integers(2, 5))):
-        out = cv2.bilateralFilter(out, 9, sigma_color, sigma_space, borderType=cv2.BORDER_REFLECT_101)
+        out = cv2.bilateralFilter(out, 0, sigma_color, sigma_space, borderType=cv2.BORDER_REFLECT_101)
     return out
 
 
 @_artifact
 def painterly_smooth(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Edge-preserving over-smoothing: texture flattened into patches while edges stay sharp (the
-    "painterly" look of reward-hacked SR). One of: domain-transform recursive filter, oil painting,
-    Kuwahara, iterated bilateral; blended with the input by ``strength``."""
+    """Edge-preserving over-smoothing: fine texture flattened into smooth patches while edges stay
+    sharp (the plastic, "painterly" look of reward-hacked SR). One of: domain-transform recursive
+    filter, L0 gradient smoothing, iterated bilateral; blended with the input by ``strength``.
+    (Oil-painting and Kuwahara filters were tried and left out: at SR scales they give a posterized
+    mosaic, an art-filter look, rather than flattened texture.)"""
     return _lerp(img, _painterly_filter(img, rng), strength)
 
 
@@ -147,7 +136,7 @@ def _bandpass_noise(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         long_sigma = rng.uniform(1.5, 4.0)
         kernel = bivariate_kernel(2 * int(np.ceil(3 * long_sigma)) + 1, long_sigma, rng.uniform(0.4, 0.8),
                                   rng.uniform(-np.pi, np.pi))
-        noise = cv2.filter2D(noise, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+        noise = filter2d(noise, kernel)
     else:
         noise = gaussian_blur(noise, rng.uniform(0.5, 1.0))
     return _standardize(noise - gaussian_blur(noise, rng.uniform(1.5, 3.0)))
@@ -159,7 +148,7 @@ def _transplanted_detail(img: np.ndarray, rng: np.random.Generator) -> np.ndarra
     h, w = img.shape[:2]
     y = to_gray(img)[..., 0]
     detail = y - gaussian_blur(y, rng.uniform(1.0, 2.5))
-    shift = (int(rng.integers(h // 4, max(h // 4, 3 * h // 4) + 1)), int(rng.integers(w // 4, max(w // 4, 3 * w // 4) + 1)))
+    shift = (int(rng.integers(h // 4, 3 * h // 4 + 1)), int(rng.integers(w // 4, 3 * w // 4 + 1)))
     detail = np.roll(detail, shift, axis=(0, 1))
     flips = tuple(ax for ax in (0, 1) if rng.random() < 0.5)
     detail = np.flip(detail, flips) if flips else detail
@@ -194,31 +183,39 @@ def _dct_matrix(n: int = 8) -> np.ndarray:
     return d.astype(np.float32)
 
 
-def _block_quantize(img: np.ndarray, step: float) -> np.ndarray:
-    """8x8 DCT of Y, Cr, Cb (sizes multiple of 8), coefficients rounded to ``step`` x the standard
-    JPEG tables (quality-50 scale), inverse DCT. ``step -> 0`` is the identity."""
+def _jpeg_table_scale(quality: float) -> float:
+    """libjpeg's quantization-table scale for ``quality`` in (0, 100] (1 at 50, 0 at 100)."""
+    return (5000.0 / quality if quality < 50 else 200.0 - 2.0 * quality) / 100.0
+
+
+def _block_quantize(img: np.ndarray, quality: float) -> np.ndarray:
+    """8x8 DCT of Y, Cr, Cb (sizes multiple of 8), coefficients rounded to the standard JPEG tables
+    scaled as libjpeg does for ``quality`` (float, no chroma subsampling, no 8-bit rounding),
+    inverse DCT. ``quality = 100`` is the identity."""
     h, w = img.shape[:2]
     d = _dct_matrix()
-    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb) * 255.0
+    ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb) * 255.0 - 128.0  # JPEG's level shift
     blocks = ycc.reshape(h // 8, 8, w // 8, 8, 3).transpose(0, 2, 4, 1, 3)  # (by, bx, channel, 8, 8)
-    table = np.stack([_JPEG_LUMA, _JPEG_CHROMA, _JPEG_CHROMA])[None, None] * np.float32(step)
-    coeffs = np.round((d @ blocks @ d.T) / table) * table
+    table = np.stack([_JPEG_LUMA, _JPEG_CHROMA, _JPEG_CHROMA])[None, None] * np.float32(_jpeg_table_scale(quality))
+    coeffs = d @ blocks @ d.T
+    coeffs = np.where(table > 0, np.round(coeffs / np.maximum(table, 1e-12)) * table, coeffs)
     blocks = (d.T @ coeffs @ d).transpose(0, 3, 1, 4, 2).reshape(h, w, 3)
-    return cv2.cvtColor(np.ascontiguousarray(blocks / 255.0, dtype=np.float32), cv2.COLOR_YCrCb2RGB)
+    return cv2.cvtColor(np.ascontiguousarray((blocks + 128.0) / 255.0, dtype=np.float32), cv2.COLOR_YCrCb2RGB)
 
 
 @_artifact
 def blocking_ringing(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
     """Heavy block-DCT compression: 8x8 block edges plus ringing (mosquito noise) near edges, on a
-    random grid phase. Either real JPEG (libjpeg, 4:2:0) at quality ``95 - 90 * strength``, or our own
-    8x8 DCT quantization of Y/Cr/Cb with the JPEG tables scaled by ``strength`` x 1.5-4."""
+    random grid phase, at JPEG quality ``100 - strength * (100 - q_min)`` with ``q_min`` in [5, 20].
+    Either real JPEG (libjpeg via cv2, 4:2:0 chroma, 8-bit) or our float 8x8 DCT quantization of
+    Y/Cr/Cb with the same scaled tables (no chroma subsampling; continuous in ``strength``)."""
     h, w = img.shape[:2]
     use_jpeg = rng.random() < 0.5
-    step = strength * rng.uniform(1.5, 4.0)
+    quality = 100.0 - strength * (100.0 - rng.uniform(5.0, 20.0))
     dy, dx = (int(v) for v in rng.integers(0, 8, size=2))
     pad = ((dy, (-(h + dy)) % 8), (dx, (-(w + dx)) % 8), (0, 0))  # grid phase and whole blocks
     padded = np.pad(img, pad, mode="reflect" if min(h, w) > 8 else "edge")
-    out = jpeg_compress(padded, int(round(95 - 90 * strength))) if use_jpeg else _block_quantize(padded, step)
+    out = jpeg_compress(padded, max(1, int(round(quality)))) if use_jpeg else _block_quantize(padded, quality)
     return out[dy:dy + h, dx:dx + w]
 
 

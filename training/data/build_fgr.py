@@ -72,13 +72,30 @@ def random_hr_crop(photo: np.ndarray, size: int, rng: np.random.Generator, tries
     return np.ascontiguousarray(crop)
 
 
+DEGRADATION_LEVELS = ("realesrgan", "light", "clean")
+DEGRADATION_PROBS = (0.4, 0.4, 0.2)
+
+
+def make_lr(hr: np.ndarray, scale: int, rng: np.random.Generator, level: str) -> np.ndarray:
+    """LR input of the SR model: Real-ESRGAN's harsh second-order degradation, its ``light``
+    preset, or a ``clean`` area downscale (then the SR output only has the model's own, subtle,
+    artifacts). The mix keeps both gross and subtle defects in the data."""
+    from .degradations import DegradationConfig, degrade
+
+    if level == "clean":
+        h, w = hr.shape[:2]
+        lr = cv2.resize(hr, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
+        return (np.clip(lr, 0, 1) * 255).round().astype(np.float32) / 255
+    return degrade(hr, scale, rng, DegradationConfig.light() if level == "light" else None)
+
+
 def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator) -> dict[str, Any]:
     """``gt``, ``sr``, ``syn``, ``mask`` (float32 arrays) and what made them."""
-    from .degradations import degrade
     from .masks import sample_mask
 
     method = sample_method(pool, rng)
-    lr = degrade(hr, method.scale, rng)
+    level = DEGRADATION_LEVELS[int(rng.choice(len(DEGRADATION_LEVELS), p=DEGRADATION_PROBS))]
+    lr = make_lr(hr, method.scale, rng, level)
     sr = method(lr, rng)
     if sr.shape[:2] != hr.shape[:2]:
         sr = cv2.resize(sr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
@@ -86,7 +103,7 @@ def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.ran
     mask, mask_kind = sample_mask(hr, rng)
     m = mask[..., None]
     syn = (m * sr + (1 - m) * hr).astype(np.float32)
-    info = {"sr_method": method.name, "mask_kind": mask_kind, "lr_size": list(lr.shape[:2])}
+    info = {"sr_method": method.name, "mask_kind": mask_kind, "degradation": level, "lr_size": list(lr.shape[:2])}
     if isinstance(method, ArtifactSR):
         info["artifact"] = method.last_artifact
     return {"gt": hr, "sr": sr, "syn": syn, "mask": mask.astype(np.float32), **info}
@@ -200,6 +217,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
             changed = (mgt > CHANGED_THRESHOLD) & (t["mask"] > 0.5)
             rec = {"id": f"{split}/{i:06d}", "split": split, "index": i, "photo": photo.id,
                    "sr_method": t["sr_method"], "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
+                   "degradation": t["degradation"],
                    "mask_coverage": float(t["mask"].mean()), "changed_fraction": float(changed.mean()),
                    "mgt_mean": float(mgt.mean())}
             manifest.write(json.dumps(rec) + "\n")

@@ -68,7 +68,7 @@ def as_float_image(img: np.ndarray, name: str = "img") -> np.ndarray:
         raise ValueError(f"{name} contains NaN or inf")
     if lo < -_RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(f"{name} has values in [{lo:.4g}, {hi:.4g}]; expected [0, 1]"
-                         + (f" (0..255 data? divide by 255)" if hi > 1.5 else ""))
+                         + (" (0..255 data? divide by 255)" if hi > 1.5 else ""))
     out = np.ascontiguousarray(img, dtype=np.float32)
     return np.clip(out, 0.0, 1.0) if (lo < 0 or hi > 1) else out
 
@@ -158,7 +158,8 @@ class DegradationConfig:
         _check_prob("final_sinc_prob", self.final_sinc_prob)
         bad = set(self.resize_modes) - set(_CV2_INTERP)
         if not self.resize_modes or bad:
-            raise ValueError(f"resize_modes must be a non-empty subset of {tuple(_CV2_INTERP)}, got {self.resize_modes}")
+            raise ValueError(f"resize_modes must be a non-empty subset of {tuple(_CV2_INTERP)}, "
+                             f"got {self.resize_modes}")
 
     @classmethod
     def light(cls) -> "DegradationConfig":
@@ -247,7 +248,9 @@ def random_blur_kernel(rng: np.random.Generator, order: OrderConfig) -> np.ndarr
         return sinc_kernel(size, _uniform(rng, (np.pi / 3 if size < 13 else np.pi / 5, np.pi)))
     kind = order.kernel_types[int(rng.choice(len(order.kernel_types), p=order.kernel_probs))]
     sigma_x = _uniform(rng, order.blur_sigma)
-    sigma_y, theta = (_uniform(rng, order.blur_sigma), _uniform(rng, (-np.pi, np.pi))) if "aniso" in kind else (None, 0.0)
+    sigma_y, theta = None, 0.0
+    if "aniso" in kind:
+        sigma_y, theta = _uniform(rng, order.blur_sigma), _uniform(rng, (-np.pi, np.pi))
     if kind.startswith("generalized"):
         return bivariate_kernel(size, sigma_x, sigma_y, theta, "generalized", _sample_beta(rng, order.betag_range))
     if kind.startswith("plateau"):

@@ -43,10 +43,33 @@ def feather(binary: np.ndarray, sigma: float) -> np.ndarray:
     return np.clip(gaussian_blur(binary.astype(np.float32), sigma), 0.0, 1.0)
 
 
+def _drop_small_components(binary: np.ndarray, min_area: int) -> np.ndarray:
+    """``binary`` without its 8-connected components smaller than ``min_area`` pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary.astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False  # background
+    return keep[labels]
+
+
+def _clean(binary: np.ndarray, sigma: float) -> np.ndarray:
+    """Remove what feathering with ``sigma`` would only turn into faint grey smudges: spikes,
+    slivers and cracks thinner than about ``2 sigma`` (opening / closing with a disk of that
+    diameter), then specks and pin-holes smaller than ``(2.5 sigma)^2``. Kept as is if that empties
+    the mask."""
+    size = 2 * int(round(sigma)) + 1
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+    u8 = binary.astype(np.uint8)
+    cleaned = cv2.morphologyEx(cv2.morphologyEx(u8, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel) > 0
+    min_area = int(np.ceil((2.5 * sigma) ** 2))
+    cleaned = ~_drop_small_components(~_drop_small_components(cleaned, min_area), min_area)
+    return cleaned if cleaned.any() else binary.astype(bool)
+
+
 def _finish(binary: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Feather with sigma in [1, 2] px, scaled down on images smaller than 64 px."""
+    """Clean, then feather with sigma in [1, 2] px (scaled down on images smaller than 64 px)."""
     h, w = binary.shape
-    return feather(binary, float(rng.uniform(1.0, 2.0)) * min(1.0, min(h, w) / 64))
+    sigma = float(rng.uniform(1.0, 2.0)) * min(1.0, min(h, w) / 64)
+    return feather(_clean(binary, sigma), sigma)
 
 
 def _target(rng: np.random.Generator, target: Optional[float]) -> float:
@@ -61,11 +84,12 @@ def _check_size(h: int, w: int) -> None:
         raise ValueError(f"mask size must be at least 1x1, got {h}x{w}")
 
 
-def _accumulate(regions: Sequence[np.ndarray], order: Sequence[int], target: float) -> np.ndarray:
-    """Union of ``regions`` (boolean ``HxW``) taken in ``order`` until it covers ``target``."""
-    union = np.zeros(regions[0].shape, dtype=bool)
+def _accumulate(region: Callable[[int], np.ndarray], shape: tuple[int, int], order: Sequence[int],
+                target: float) -> np.ndarray:
+    """Union of the boolean ``HxW`` regions ``region(i)``, ``i`` in ``order``, until it covers ``target``."""
+    union = np.zeros(shape, dtype=bool)
     for i in order:
-        union |= regions[i]
+        union |= region(int(i))
         if union.mean() >= target:
             break
     return union
@@ -155,8 +179,7 @@ def superpixel_mask(img: np.ndarray, rng: np.random.Generator, n_segments: Optio
     else:
         distance = np.linalg.norm(centroids - centroids[int(rng.integers(count))], axis=1)
         order = np.argsort(distance * rng.uniform(0.7, 1.3, count))
-    regions = [labels == i for i in range(count)]
-    return _finish(_accumulate(regions, order, t), rng)
+    return _finish(_accumulate(lambda i: labels == i, labels.shape, order, t), rng)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -201,7 +224,7 @@ class SamMaskGenerator:
         segments = [s for s in self.segments(img) if s.any()]
         if not segments:
             raise RuntimeError("SAM found no segment in this image; use another mask kind")
-        return _finish(_accumulate(segments, rng.permutation(len(segments)), t), rng)
+        return _finish(_accumulate(segments.__getitem__, segments[0].shape, rng.permutation(len(segments)), t), rng)
 
 
 # --------------------------------------------------------------------------------------------------
