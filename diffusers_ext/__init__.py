@@ -17,6 +17,7 @@ _LAZY = {
     "FinPercepRewardOutput": "diffusers_ext.pipelines.pipeline_finpercep_reward",
     "build_backbone": "diffusers_ext.backbones",
     "DEFAULT_MODEL_DIR": "diffusers_ext.hub",
+    "OneStepSRPipeline": "diffusers_ext.pipelines.pipeline_onestep_sr",
 }
 
 __all__ = sorted(_LAZY)

@@ -48,19 +48,19 @@ def main() -> int:
     OUT.mkdir(exist_ok=True)
     photos = {p.id: p for p in photo_pool("test")}
     rng = np.random.default_rng(2026)
-    kite = center_crop(photos["plasma/Kite"].load(), SIZE, 0.35)
-    lr = degrade(kite, 4, rng)
-    save(NetworkSR("realesrgan-x4plus")(lr, rng), "kite_realesrgan_x4.png")
-    save(kite, "kite_clean.jpg")
+    astro = center_crop(photos["skimage/astronaut"].load(), SIZE, 0.75)
+    lr = degrade(astro, 4, rng)
+    save(NetworkSR("realesrgan-x4plus")(lr, rng), "astronaut_realesrgan_x4.png")
+    save(astro, "astronaut_clean.jpg")
     butterfly = center_crop(photos["opencv/butterfly.jpg"].load(), 352, 1.0)
     lr = degrade(butterfly, 4, np.random.default_rng(7))
     save(NetworkSR("realesr-animevideov3-x4")(lr, rng), "butterfly_animevideov3_x4.png")
-    cups = center_crop(photos["plasma/ColorfulCups"].load(), SIZE, 0.3)
-    painted = ARTIFACTS["painterly_smooth"](cups, np.random.default_rng(3), 1.0)
-    mask = np.zeros(cups.shape[:2], np.float32)
-    mask[120:260, 150:330] = 1.0
+    cat = center_crop(photos["skimage/chelsea"].load(), 288, 1.0)
+    painted = ARTIFACTS["painterly_smooth"](cat, np.random.default_rng(3), 1.0)
+    mask = np.zeros(cat.shape[:2], np.float32)
+    mask[40:150, 30:160] = 1.0
     mask = cv2.GaussianBlur(mask, (0, 0), 2.0)[..., None]
-    save(mask * painted + (1 - mask) * cups, "cups_local_painterly.png")
+    save(mask * painted + (1 - mask) * cat, "chelsea_local_painterly.png")
     return 0
 
 

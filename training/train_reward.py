@@ -22,8 +22,6 @@ import argparse
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
+from training.checkpointing import atomic_save_model, list_checkpoints, save_checkpoint  # noqa: E402,F401
 from training.data.fgr_dataset import FGRDataset, collate, step_batches  # noqa: E402
 from training.metrics import evaluate_stage  # noqa: E402
 
@@ -145,45 +144,6 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
 @torch.no_grad()
 def _frozen_encode(model: FinPercepRM, x: torch.Tensor) -> list[torch.Tensor]:
     return model.encode(x)
-
-
-def atomic_save_model(model: FinPercepRM, folder: Path) -> None:
-    """``save_pretrained`` into a temporary sibling, then swap it in: never a half-written model."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    done = [p for p in ckpt_root.glob("checkpoint-*") if p.is_dir() and (p / "COMPLETE").is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(accelerator, ckpt_root: Path, step: int, limit: int) -> Path:
-    """``accelerator.save_state`` into ``checkpoint-<step>.tmp``, mark it complete, rename: a crash
-    mid-write leaves the previous checkpoint the latest one."""
-    final = ckpt_root / f"checkpoint-{step}"
-    tmp = ckpt_root / f"checkpoint-{step}.tmp"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
-        (tmp / "COMPLETE").write_text("ok")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in list_checkpoints(ckpt_root)[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -1,0 +1,266 @@
+"""FinPercep PDM viewer: see where an image is broken, compare two upscales, export the map.
+
+    python demo/app.py [--host 127.0.0.1] [--port 7860] [--model PATH|HUB_ID] [--device cpu]
+    finpercep view [--host ...] [--port ...]             # the same page
+    python demo/app.py --screenshot docs/viewer.png      # start, drive Chromium, save a screenshot, exit
+
+Safe by default: binds 127.0.0.1, never creates a share link, Gradio analytics off, uploads
+capped (``--max-file-size``, default 25 MB; images above ``--max-pixels`` are refused before
+decoding), one model job at a time (``--concurrency``) with at most ``--queue-size`` waiting.
+The model panel can load any local folder or Hub id: bind a public address (``--host 0.0.0.0``)
+only on a trusted network.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
+
+if __package__ in (None, ""):  # run as `python demo/app.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import gradio as gr  # noqa: E402
+
+from diffusers_ext.pdm import COLORMAPS  # noqa: E402
+
+from demo.core import REGION_HEADERS  # noqa: E402
+from demo.models import KINDS, ModelLoadError, ModelRef  # noqa: E402
+from demo.viewer import BATCH_HEADERS, Viewer, ViewerConfig, ViewerError  # noqa: E402
+
+__all__ = ["ImageInput", "build_app", "launch", "main", "parse_args"]
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+CSS = """
+#score h3 { margin-top: 0; }
+#score { min-height: 7em; }
+footer { display: none !important; }
+"""
+TILE_CHOICES = [("model default", "default"), ("never tile", "0"), "256", "512", "768", "1024"]
+
+
+class ImageInput(gr.Image):
+    """``gr.Image`` whose upload reaches our loader untouched (a file path), so a file that is not
+    an image gets the loader's clear message instead of Pillow's bare error."""
+
+    is_template = True  # rendered by the frontend's Image component
+
+    def preprocess(self, payload):  # type: ignore[override]
+        if payload is None:
+            return None
+        if payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+def _guard(fn, *args, **kwargs):
+    """Run ``fn``; input and model errors become a red message in the page (and the API)."""
+    try:
+        return fn(*args, **kwargs)
+    except ViewerError as e:
+        raise gr.Error(str(e), duration=None) from None
+
+
+def _progress(progress: gr.Progress):
+    return lambda fraction, message: progress(fraction, desc=message)
+
+
+def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = None) -> gr.Blocks:
+    """The page. ``viewer`` (default: one from ``config``) does the work; see demo/viewer.py."""
+    v = viewer or Viewer(config)
+    cfg = v.config
+    info_md, stages = v.initial_model()
+    cmaps = sorted(COLORMAPS)
+
+    with gr.Blocks(title="FinPercep PDM viewer", delete_cache=(3600, 3600)) as app:
+        gr.Markdown("## FinPercep PDM viewer\nWhere does the reward model see degradation? Global score "
+                    "(higher = better) and the Perceptual Degradation Map (bright = more degraded).")
+        with gr.Sidebar(label="Model and display", open=True, width=330):
+            gr.Markdown("#### Model")
+            kind = gr.Radio(list(KINDS), value=cfg.model.kind_label, label="Source", elem_id="model-kind")
+            ref = gr.Textbox(value=cfg.model.ref, label="Folder or Hub id", placeholder="/path/to/model or owner/name",
+                             elem_id="model-ref")
+            load = gr.Button("Load model", size="sm")
+            info = gr.Markdown(info_md, elem_id="model-info")
+            stage = gr.Dropdown(stages, value=-1, label="Curriculum stage", elem_id="stage")
+            tile = gr.Dropdown(TILE_CHOICES, value="default", allow_custom_value=True, label="Tile size (px)",
+                               info="large images are scored in overlapping tiles of this size, like the CLI")
+            gr.Markdown("#### Display")
+            alpha = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity", elem_id="alpha")
+            cmap = gr.Dropdown(cmaps, value="inferno", label="Colormap", elem_id="cmap")
+            mode = gr.Radio(["weighted", "uniform"], value="weighted", label="Overlay mode",
+                            info="weighted: clean pixels untouched; uniform: the whole map at that opacity")
+            threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Region threshold")
+            top_k = gr.Slider(1, 20, value=5, step=1, label="Regions listed")
+        model_inputs = [kind, ref, stage, tile]
+        display = [alpha, cmap, mode]
+
+        with gr.Tabs():
+            with gr.Tab("Inspect", id="inspect"):
+                inspect_state = gr.State(None)
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        image = ImageInput(type="filepath", label="Image", image_mode=None, height=360,
+                                           sources=["upload", "clipboard"], elem_id="input-image")
+                        run = gr.Button("Score image", variant="primary", elem_id="run")
+                        examples = v.examples()
+                        if examples:
+                            gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples")
+                    with gr.Column(scale=3):
+                        score = gr.Markdown("Upload an image or pick an example.", elem_id="score")
+                        slider = gr.ImageSlider(type="pil", format="png", label="Image | PDM overlay (drag)",
+                                                elem_id="overlay", max_height=520, interactive=False)
+                with gr.Row():
+                    boxes = gr.Image(type="pil", format="png", label="Worst regions", elem_id="regions-image",
+                                     interactive=False, height=320)
+                    with gr.Column():
+                        table = gr.Dataframe(headers=REGION_HEADERS, label="Worst regions (box: x0, y0, x1, y1 "
+                                             "exclusive)", interactive=False, elem_id="regions-table", wrap=True)
+                        files = gr.File(label="Downloads: PDM .npy, PDM 16-bit PNG, overlay, JSON",
+                                        file_count="multiple", interactive=False, elem_id="downloads")
+
+            with gr.Tab("Compare", id="compare"):
+                compare_state = gr.State(None)
+                with gr.Row():
+                    img_a = ImageInput(type="filepath", label="Candidate A", image_mode=None, height=300,
+                                       elem_id="image-a")
+                    img_b = ImageInput(type="filepath", label="Candidate B", image_mode=None, height=300,
+                                       elem_id="image-b")
+                pairs = v.example_pairs()
+                if pairs:
+                    gr.Examples([[str(a), str(b)] for a, b in pairs], inputs=[img_a, img_b], label="Same-scene pairs")
+                run_cmp = gr.Button("Compare", variant="primary", elem_id="run-compare")
+                cmp_md = gr.Markdown(elem_id="compare-score")
+                with gr.Row():
+                    ov_a = gr.Image(type="pil", format="png", label="A: PDM overlay", interactive=False)
+                    ov_b = gr.Image(type="pil", format="png", label="B: PDM overlay", interactive=False)
+                    diff = gr.Image(type="pil", format="png", label="B − A (red: B worse, blue: A worse)",
+                                    interactive=False)
+                cmp_files = gr.File(label="Downloads: both maps, difference .npy, compare.json", file_count="multiple",
+                                    interactive=False)
+
+            with gr.Tab("Batch", id="batch"):
+                with gr.Row():
+                    batch_files = gr.File(file_count="multiple", type="filepath", label="Image files")
+                    batch_dir = gr.File(file_count="directory", type="filepath", label="…or a folder")
+                run_batch = gr.Button("Score all", variant="primary")
+                batch_md = gr.Markdown()
+                batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True)
+                gallery = gr.Gallery(label="Overlays (worst first in the table)", columns=4, height=360, format="png")
+                batch_out = gr.File(label="Downloads: batch.json, batch.csv", file_count="multiple", interactive=False)
+
+        gr.Markdown(f"<small>Limits of this viewer: {cfg.max_file_size} per upload, {cfg.max_pixels / 1e6:.0f} MP per image, "
+                    f"{cfg.max_batch} files per batch, {cfg.concurrency} job(s) at a time.</small>")
+
+        # ------------------------------------------------------------------ events
+        def on_load(model_source, model_ref):
+            md, choices = _guard(v.load_model, model_source, model_ref)
+            return md, gr.Dropdown(choices=choices, value=-1)
+
+        def on_inspect(image, model_source, model_ref, stage, tile_size, opacity, colormap, overlay_mode,
+                       threshold, top_k, progress=gr.Progress(track_tqdm=True)):
+            return _guard(v.inspect, image, model_source, model_ref, stage, tile_size, opacity, colormap,
+                          overlay_mode, threshold, int(top_k), _progress(progress))
+
+        def on_render(state, opacity, colormap, overlay_mode, threshold, top_k):
+            if state is None:
+                return tuple(gr.skip() for _ in range(5))
+            return _guard(v.render, state, opacity, colormap, overlay_mode, threshold, int(top_k))
+
+        def on_compare(image_a, image_b, model_source, model_ref, stage, tile_size, opacity, colormap,
+                       overlay_mode, progress=gr.Progress(track_tqdm=True)):
+            return _guard(v.compare, image_a, image_b, model_source, model_ref, stage, tile_size, opacity,
+                          colormap, overlay_mode, _progress(progress))
+
+        def on_render_compare(state, opacity, colormap, overlay_mode):
+            if state is None:
+                return tuple(gr.skip() for _ in range(5))
+            return _guard(v.render_compare, state, opacity, colormap, overlay_mode)
+
+        def on_batch(files, folder, model_source, model_ref, stage, tile_size, opacity, colormap, overlay_mode,
+                     progress=gr.Progress(track_tqdm=True)):
+            return _guard(v.batch, files, folder, model_source, model_ref, stage, tile_size, opacity, colormap,
+                          overlay_mode, _progress(progress))
+
+        heavy = dict(concurrency_limit=cfg.concurrency, concurrency_id="model")
+        load.click(on_load, [kind, ref], [info, stage], api_name="load_model", **heavy)
+        inspect_out = [inspect_state, score, slider, boxes, table, files]
+        inspect_in = [image, *model_inputs, *display, threshold, top_k]
+        run.click(on_inspect, inspect_in, inspect_out, api_name="inspect", **heavy)
+        image.upload(on_inspect, inspect_in, inspect_out, api_name=False, **heavy)
+        render_in = [inspect_state, *display, threshold, top_k]
+        light = dict(concurrency_limit=4, concurrency_id="render", show_progress="hidden")
+        triggers = ((alpha, "release"), (cmap, "change"), (mode, "change"), (threshold, "release"), (top_k, "release"))
+        for i, (comp, ev) in enumerate(triggers):  # display changes redraw from the kept maps: no model run
+            getattr(comp, ev)(on_render, render_in, inspect_out[1:], api_name="render" if i == 0 else False, **light)
+            getattr(comp, ev)(on_render_compare, [compare_state, *display], [cmp_md, ov_a, ov_b, diff, cmp_files],
+                              api_name="render_compare" if i == 0 else False, **light)
+        run_cmp.click(on_compare, [img_a, img_b, *model_inputs, *display],
+                      [compare_state, cmp_md, ov_a, ov_b, diff, cmp_files], api_name="compare", **heavy)
+        run_batch.click(on_batch, [batch_files, batch_dir, *model_inputs, *display],
+                        [batch_md, batch_table, gallery, batch_out], api_name="batch", **heavy)
+    return app
+
+
+def launch(app: gr.Blocks, config: ViewerConfig, host: str = "127.0.0.1", port: Optional[int] = None,
+           block: bool = True, quiet: bool = False) -> gr.Blocks:
+    """Queue and launch ``app`` with the safe defaults (no share link, upload cap, local fonts)."""
+    if host not in LOCAL_HOSTS:
+        print(f"warning: binding {host}: anyone who can reach this address can use the viewer and load models "
+              "from this machine's folders; use 127.0.0.1 unless the network is trusted", file=sys.stderr)
+    app.queue(max_size=max(1, int(config.queue_size)), default_concurrency_limit=config.concurrency)
+    allowed = [str(config.examples_dir)] if config.examples_dir and Path(config.examples_dir).is_dir() else []
+    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=quiet,
+               max_file_size=config.max_file_size, prevent_thread_lock=not block, ssr_mode=False,
+               allowed_paths=allowed, css=CSS, theme=gr.themes.Default(), footer_links=[])
+    return app
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="demo/app.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--model", default=None, help="reward model folder or Hub id (default: the bundled model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
+    p.add_argument("--max-file-size", default="25mb", help="largest upload, e.g. 25mb, 1gb (default 25mb)")
+    p.add_argument("--max-pixels", type=int, default=ViewerConfig.max_pixels,
+                   help="refuse larger images before decoding (default 36 MP)")
+    p.add_argument("--concurrency", type=int, default=1, help="model jobs running at once (default 1)")
+    p.add_argument("--queue-size", type=int, default=16, help="jobs waiting at most (default 16)")
+    p.add_argument("--max-batch", type=int, default=32, help="files per batch (default 32)")
+    p.add_argument("--examples", type=Path, default=ViewerConfig.examples_dir, help="folder of example images")
+    p.add_argument("--screenshot", type=Path, default=None,
+                   help="start on a free local port, score a photo in headless Chromium, save a PNG here, exit")
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ViewerConfig:
+    return ViewerConfig(model=ModelRef.from_cli(args.model), device=args.device, max_file_size=args.max_file_size,
+                        concurrency=max(1, args.concurrency), queue_size=max(1, args.queue_size),
+                        max_pixels=args.max_pixels, max_batch=args.max_batch, examples_dir=args.examples)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line entry (also ``finpercep view``); returns the exit code."""
+    args = parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ModelLoadError as e:
+        print(f"finpercep view: {e}", file=sys.stderr)
+        return 2
+    if args.screenshot is not None:
+        from .browser import take_screenshot
+
+        path = take_screenshot(args.screenshot, config)
+        print(f"screenshot saved to {path}", file=sys.stderr)
+        return 0
+    launch(build_app(config), config, host=args.host, port=args.port, block=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

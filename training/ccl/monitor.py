@@ -1,0 +1,200 @@
+"""Reward-hacking monitor: the reward and its two terms next to metrics the reward does not see.
+
+On a fixed held-out batch, every ``--validation_steps``:
+
+* ``reward`` / ``score`` / ``pdm_penalty``: the current CCL stage's reward and its terms;
+  ``s_global0``: the stage-0 global score; ``reward_final``: the reward of the schedule's last stage
+  (the same yardstick for every arm of an experiment);
+* ``psnr`` / ``ssim`` against the HR image (fidelity; higher = better);
+* ``brisque``: classic no-reference IQA, OpenCV's ``cv2.quality`` with the LIVE model files of
+  Debian ``opencv-doc`` (lower = better);
+* ``judge_score`` and ``judge_flagged``: an independent FinPercep-RM (another stage or seed): its
+  score and the share of pixels whose PDM exceeds ``flag_threshold``.
+
+Reward hacking shows as the reward rising while PSNR/SSIM/BRISQUE/the judge get worse.
+:func:`plot_curves` draws every series into one PNG (PIL only, no matplotlib).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from diffusers_ext.rewards import RewardConfig, compute_reward, fused_reward
+
+BRISQUE_DIRS = (Path("/usr/share/doc/opencv-doc/examples/quality"),)
+BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
+
+
+def find_brisque_files() -> tuple[Path, Path]:
+    """The BRISQUE model / range files: ``$FINPERCEP_BRISQUE_DIR`` or Debian ``opencv-doc``'s folder."""
+    dirs = ([Path(os.environ["FINPERCEP_BRISQUE_DIR"])] if os.environ.get("FINPERCEP_BRISQUE_DIR") else []) + list(BRISQUE_DIRS)
+    for d in dirs:
+        paths = tuple(d / f for f in BRISQUE_FILES)
+        if all(p.is_file() for p in paths):
+            return paths  # type: ignore[return-value]
+    raise FileNotFoundError(
+        f"BRISQUE model files {BRISQUE_FILES} not found in {[str(d) for d in dirs]}: install them with "
+        f"`apt-get install opencv-doc`, point FINPERCEP_BRISQUE_DIR at a folder holding them, or pass --no_brisque")
+
+
+class Brisque:
+    """BRISQUE (lower = better) of float images in [0,1], via ``cv2.quality`` (opencv-contrib)."""
+
+    def __init__(self) -> None:
+        import cv2
+
+        if not hasattr(cv2, "quality"):
+            raise ImportError("cv2.quality is missing: install opencv-contrib-python-headless (not opencv-python)")
+        model, rng = find_brisque_files()
+        self._q = cv2.quality.QualityBRISQUE_create(str(model), str(rng))
+
+    def __call__(self, img: np.ndarray) -> float:
+        import cv2
+
+        u8 = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+        return float(self._q.compute(cv2.cvtColor(u8, cv2.COLOR_RGB2BGR))[0])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
+
+
+class Monitor:
+    """Evaluates a policy on a fixed ``(lr, hr)`` batch; keeps the history of every evaluation."""
+
+    def __init__(self, lr: torch.Tensor, hr: torch.Tensor, reward_model: Any, final_reward: RewardConfig,
+                 final_rm_stage: int, judge: Optional[Any] = None, judge_stage: Optional[int] = None,
+                 flag_threshold: float = 0.5, brisque: bool = True, batch_size: int = 4) -> None:
+        self.lr, self.hr = lr, hr
+        self.rm, self.judge, self.judge_stage = reward_model, judge, judge_stage
+        self.final_reward, self.final_rm_stage = final_reward, final_rm_stage
+        self.flag_threshold = flag_threshold
+        self.brisque = Brisque() if brisque else None
+        self.batch_size = batch_size
+        self.history: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def sr_images(self, policy: Any, device: torch.device) -> torch.Tensor:
+        outs = []
+        g = torch.Generator(device="cpu").manual_seed(0)
+        for i in range(0, len(self.lr), self.batch_size):
+            outs.append(policy(self.lr[i:i + self.batch_size].to(device), generator=g)["images"].float())
+        return torch.cat(outs)
+
+    @torch.no_grad()
+    def evaluate(self, policy: Any, step: int, reward_cfg: RewardConfig, rm_stage: int,
+                 device: torch.device, extra: Optional[dict[str, float]] = None) -> dict[str, float]:
+        was = policy.training
+        policy.eval()
+        sr = self.sr_images(policy, device)
+        policy.train(was)
+        rec: dict[str, float] = {"step": float(step), "rm_stage": float(rm_stage)}
+        rec.update(self.image_metrics(sr, reward_cfg, rm_stage))
+        rec.update(extra or {})
+        self.history.append(rec)
+        return rec
+
+    @torch.no_grad()
+    def image_metrics(self, sr: torch.Tensor, reward_cfg: RewardConfig, rm_stage: int) -> dict[str, float]:
+        """Every metric of a batch of SR images (``Bx3xHxW`` in [0,1]) against the stored HR batch."""
+        dev = next(self.rm.parameters()).device
+        x = sr.to(dev)
+        terms = compute_reward(self.rm, x, reward_cfg, stage=rm_stage)
+        rec = {"reward": terms.reward.mean().item(), "score": terms.score.mean().item(),
+               "pdm_penalty": terms.pdm_penalty.mean().item()}
+        rec["s_global0"] = self.rm(x, stage=0).score.mean().item()
+        fin = self.rm(x, stage=self.final_rm_stage)
+        fin_map = fin.pdm if self.final_rm_stage > 0 else None
+        rec["reward_final"] = fused_reward(fin.score, fin_map, self.final_reward).reward.mean().item()
+        sr_np = sr.permute(0, 2, 3, 1).cpu().numpy()
+        hr_np = self.hr.permute(0, 2, 3, 1).cpu().numpy()
+        rec["psnr"] = float(np.mean([psnr(a, b) for a, b in zip(sr_np, hr_np)]))
+        rec["ssim"] = float(np.mean([ssim(a, b) for a, b in zip(sr_np, hr_np)]))
+        if self.brisque is not None:
+            rec["brisque"] = float(np.mean([self.brisque(a) for a in sr_np]))
+        if self.judge is not None:
+            jdev = next(self.judge.parameters()).device
+            j = self.judge(sr.to(jdev), stage=self.judge_stage)
+            rec["judge_score"] = j.score.mean().item()
+            if (self.judge_stage if self.judge_stage is not None else self.judge.stage) > 0:
+                rec["judge_flagged"] = (j.pdm > self.flag_threshold).float().mean().item()
+        return rec
+
+
+# ----------------------------------------------------------------------------------------- plot
+_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+           (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]
+
+
+def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches: Sequence[dict] = (),
+                keys: Optional[Sequence[str]] = None, train_history: Sequence[dict[str, float]] = (),
+                title: str = "FinPercep CCL ReFL monitor") -> Path:
+    """One panel per metric (value over step), dashed lines at the CCL stage switches. ``train_history``
+    (per-step ``reward``) is drawn faintly in the ``reward`` panel. Writes a PNG; returns its path."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    keys = list(keys or [k for k in ("reward", "score", "pdm_penalty", "reward_final", "s_global0", "psnr", "ssim",
+                                     "brisque", "judge_score", "judge_flagged")
+                         if any(k in h for h in history)])
+    cols = 3
+    rows = max(1, math.ceil(len(keys) / cols))
+    pw, ph, pad = 330, 200, 44
+    img = Image.new("RGB", (cols * pw, rows * ph + 30), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    d.text((8, 8), title, fill="black", font=font)
+    steps_all = [h["step"] for h in history] + [h["step"] for h in train_history]
+    s_lo, s_hi = (min(steps_all), max(steps_all)) if steps_all else (0.0, 1.0)
+    if s_hi == s_lo:
+        s_hi = s_lo + 1
+    for i, key in enumerate(keys):
+        ox, oy = (i % cols) * pw, 30 + (i // cols) * ph
+        x0, y0, x1, y1 = ox + pad, oy + 20, ox + pw - 12, oy + ph - 24
+        d.rectangle([x0, y0, x1, y1], outline=(180, 180, 180))
+        d.text((ox + pad, oy + 4), key, fill="black", font=font)
+        series = [(h["step"], h[key]) for h in history if key in h and np.isfinite(h[key])]
+        faint = [(h["step"], h[key]) for h in train_history if key in h and np.isfinite(h[key])]
+        vals = [v for _, v in series + faint]
+        if not vals:
+            continue
+        lo, hi = min(vals), max(vals)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+
+        def xy(s: float, v: float) -> tuple[float, float]:
+            return (x0 + (s - s_lo) / (s_hi - s_lo) * (x1 - x0), y1 - (v - lo) / (hi - lo) * (y1 - y0))
+
+        for ev in switches:
+            sx = xy(ev["step"], lo)[0]
+            for yy in range(int(y0), int(y1), 6):
+                d.line([sx, yy, sx, min(yy + 3, y1)], fill=(120, 120, 120))
+        if len(faint) > 1:
+            d.line([xy(s, v) for s, v in faint], fill=(200, 200, 230), width=1)
+        color = _COLORS[i % len(_COLORS)]
+        if len(series) > 1:
+            d.line([xy(s, v) for s, v in series], fill=color, width=2)
+        for s, v in series:
+            cx, cy = xy(s, v)
+            d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
+        d.text((ox + 2, y0), f"{hi:.4g}", fill=(90, 90, 90), font=font)
+        d.text((ox + 2, y1 - 10), f"{lo:.4g}", fill=(90, 90, 90), font=font)
+        d.text((x0, y1 + 4), f"{s_lo:g}", fill=(90, 90, 90), font=font)
+        d.text((x1 - 30, y1 + 4), f"{s_hi:g}", fill=(90, 90, 90), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+    return path
