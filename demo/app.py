@@ -104,7 +104,7 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                 inspect_state = gr.State(None)
                 with gr.Row():
                     with gr.Column(scale=2):
-                        image = ImageInput(type="filepath", label="Image", image_mode=None, height=360,
+                        image = ImageInput(type="filepath", label="Image", image_mode=None, height=300,
                                            sources=["upload", "clipboard"], elem_id="input-image")
                         run = gr.Button("Score image", variant="primary", elem_id="run")
                         examples = v.examples()
@@ -113,13 +113,13 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                     with gr.Column(scale=3):
                         score = gr.Markdown("Upload an image or pick an example.", elem_id="score")
                         slider = gr.ImageSlider(type="pil", format="png", label="Image | PDM overlay (drag)",
-                                                elem_id="overlay", max_height=520, interactive=False)
+                                                elem_id="overlay", max_height=460, interactive=False)
                 with gr.Row():
                     boxes = gr.Image(type="pil", format="png", label="Worst regions", elem_id="regions-image",
-                                     interactive=False, height=320)
-                    with gr.Column():
-                        table = gr.Dataframe(headers=REGION_HEADERS, label="Worst regions (box: x0, y0, x1, y1 "
-                                             "exclusive)", interactive=False, elem_id="regions-table", wrap=True)
+                                     interactive=False, height=300, scale=2)
+                    with gr.Column(scale=3):
+                        table = gr.Dataframe(headers=REGION_HEADERS, label="Worst regions, worst first (x1, y1 exclusive)", interactive=False, elem_id="regions-table", wrap=True,
+                                             column_widths=["7%", "19%", "32%", "14%", "14%", "14%"])
                         files = gr.File(label="Downloads: PDM .npy, PDM 16-bit PNG, overlay, JSON",
                                         file_count="multiple", interactive=False, elem_id="downloads")
 
@@ -127,9 +127,9 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                 compare_state = gr.State(None)
                 with gr.Row():
                     img_a = ImageInput(type="filepath", label="Candidate A", image_mode=None, height=300,
-                                       elem_id="image-a")
+                                       elem_id="image-a", sources=["upload", "clipboard"])
                     img_b = ImageInput(type="filepath", label="Candidate B", image_mode=None, height=300,
-                                       elem_id="image-b")
+                                       elem_id="image-b", sources=["upload", "clipboard"])
                 pairs = v.example_pairs()
                 if pairs:
                     gr.Examples([[str(a), str(b)] for a, b in pairs], inputs=[img_a, img_b], label="Same-scene pairs")
@@ -151,7 +151,8 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                 batch_md = gr.Markdown()
                 batch_table = gr.Dataframe(headers=BATCH_HEADERS, interactive=False, wrap=True)
                 gallery = gr.Gallery(label="Overlays (worst first in the table)", columns=4, height=360, format="png")
-                batch_out = gr.File(label="Downloads: batch.json, batch.csv", file_count="multiple", interactive=False)
+                batch_out = gr.File(label="Downloads: batch.json, batch.csv", file_count="multiple", interactive=False,
+                                    height=140)
 
         gr.Markdown(f"<small>Limits of this viewer: {cfg.max_file_size} per upload, {cfg.max_pixels / 1e6:.0f} MP per image, "
                     f"{cfg.max_batch} files per batch, {cfg.concurrency} job(s) at a time.</small>")
@@ -191,7 +192,15 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
         inspect_out = [inspect_state, score, slider, boxes, table, files]
         inspect_in = [image, *model_inputs, *display, threshold, top_k]
         run.click(on_inspect, inspect_in, inspect_out, api_name="inspect", **heavy)
-        image.upload(on_inspect, inspect_in, inspect_out, api_name=False, **heavy)
+
+        def on_new_input(image, *rest, progress=gr.Progress(track_tqdm=True)):
+            if image is None:  # cleared: keep the last result on screen
+                return tuple(gr.skip() for _ in inspect_out)
+            return on_inspect(image, *rest, progress=progress)
+
+        # a new upload / example, another stage or tile size: score again at once
+        for trigger in (image.change, stage.change, tile.change):
+            trigger(on_new_input, inspect_in, inspect_out, api_name=False, **heavy)
         render_in = [inspect_state, *display, threshold, top_k]
         light = dict(concurrency_limit=4, concurrency_id="render", show_progress="hidden")
         triggers = ((alpha, "release"), (cmap, "change"), (mode, "change"), (threshold, "release"), (top_k, "release"))
@@ -253,7 +262,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"finpercep view: {e}", file=sys.stderr)
         return 2
     if args.screenshot is not None:
-        from .browser import take_screenshot
+        from demo.browser import take_screenshot
 
         path = take_screenshot(args.screenshot, config)
         print(f"screenshot saved to {path}", file=sys.stderr)

@@ -34,7 +34,7 @@ ImageSource = Union[str, os.PathLike, PIL.Image.Image, np.ndarray]
 #: ``--max-pixels`` raises it. The library's own limit (151 MP) is meant for batch jobs, not a web page.
 DEFAULT_MAX_PIXELS = 36_000_000
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-REGION_HEADERS = ["#", "kind", "x0", "y0", "x1", "y1", "area px", "area %", "mean", "max"]
+REGION_HEADERS = ["#", "kind", "box x0,y0,x1,y1", "area %", "mean", "max"]
 
 
 # ------------------------------------------------------------------------------------ score scale
@@ -42,34 +42,69 @@ REGION_HEADERS = ["#", "kind", "x0", "y0", "x1", "y1", "area px", "area %", "mea
 
 @dataclass(frozen=True)
 class ScoreGuide:
-    """How to read a global score of a model trained by ``training/train_reward.py``.
+    """How to read a global score: the typical scores of clean photos, of photos with one
+    SR-degraded region, and of fully super-resolved (degraded) images, for one model and stage.
 
-    Training anchors the score of pristine photos at ``anchor`` (``--stage0_anchor``, 1.0) and
-    ranks a photo with one swapped-in SR region at least ``step`` (``--margin_syn``, 0.1) below
-    its clean version, and a fully super-resolved one another ``step`` (``--margin_sr``) lower.
-    The bands follow those targets. The scale is relative: differences between candidates of the
-    same scene mean more than an absolute value across unrelated photos.
+    :meth:`from_model_card` reads them from the test-split table that ``training/train_default.py``
+    writes into the model card (``score_gt``, ``score_syn``, ``score_sr``). Without such a table
+    the defaults are the training targets: clean anchored at 1.0 (``--stage0_anchor``), each
+    tier one ranking margin (0.1) lower. Bands split halfway between the typical values.
     """
 
-    anchor: float = 1.0
-    step: float = 0.1
+    clean: float = 1.0
+    local: float = 0.9
+    degraded: float = 0.8
+    source: str = "training targets"
 
     def band(self, score: float) -> tuple[str, str]:
         """``(label, meaning)`` of ``score``."""
-        if score >= self.anchor - self.step / 2:
-            return "near pristine", f"at or near the clean-photo anchor ({self.anchor:.2f})"
-        if score >= self.anchor - 1.5 * self.step:
-            return "local defects", "about one ranking margin below clean: defects in part of the image"
-        return "degraded", "two or more margins below clean: defects across much of the image"
+        if score >= (self.clean + self.local) / 2:
+            return "clean-like", f"in the range of clean photos (typical {self.clean:.2f})"
+        if score >= (self.local + self.degraded) / 2:
+            return "local defects", f"like photos with one SR-degraded region (typical {self.local:.2f})"
+        return "degraded", f"like fully super-resolved, degraded images (typical {self.degraded:.2f}) or worse"
 
     def legend(self) -> str:
-        a, s = self.anchor, self.step
-        return (f"Higher = better. Clean photos score ≈ {a:.2f}; ≥ {a - s / 2:.2f} near pristine, "
-                f"{a - 1.5 * s:.2f}–{a - s / 2:.2f} local defects, < {a - 1.5 * s:.2f} degraded. "
-                f"A gap of {s:.2f} between two images of the same scene is one training margin.")
+        return (f"Higher = better. Typical scores ({self.source}): clean photos {self.clean:.2f}, one SR-degraded "
+                f"region {self.local:.2f}, full SR output {self.degraded:.2f}. Compare candidates of the same "
+                "scene: differences mean more than absolute values across unrelated photos.")
 
+    @classmethod
+    def from_model_card(cls, text: str, stage: int) -> Optional["ScoreGuide"]:
+        """The guide for ``stage`` from a model card's markdown table with the columns ``stage``,
+        ``score_gt``, ``score_syn``, ``score_sr`` (the last row when ``stage`` has none); ``None``
+        when there is no such table or its typical scores are not ordered clean > local > degraded."""
+        rows: dict[str, dict[str, str]] = {}
+        header: Optional[list[str]] = None
+        for line in text.splitlines():
+            cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.strip().startswith("|") else None
+            if cells is None:
+                header = None
+            elif header is None and {"stage", "score_gt", "score_syn", "score_sr"} <= set(cells):
+                header = cells
+            elif header is not None and len(cells) == len(header) and not set(cells[0]) <= set("-: "):
+                rows[cells[0]] = dict(zip(header, cells))
+        if not rows:
+            return None
+        row = rows.get(str(stage), list(rows.values())[-1])
+        try:
+            gt, syn, sr = (float(row[k]) for k in ("score_gt", "score_syn", "score_sr"))
+        except ValueError:
+            return None
+        if not gt > syn > sr:
+            return None
+        return cls(clean=gt, local=syn, degraded=sr, source=f"this model's test split, stage {row['stage']}")
 
-GUIDE = ScoreGuide()
+    @classmethod
+    def for_model(cls, folder: Optional[Path], stage: int) -> "ScoreGuide":
+        """From ``folder``'s (or its parent's) ``README.md`` model card, else the training targets."""
+        for d in ([Path(folder), Path(folder).parent] if folder else []):
+            card = d / "README.md"
+            if card.is_file():
+                guide = cls.from_model_card(card.read_text(errors="replace"), stage)
+                if guide is not None:
+                    return guide
+        return cls()
 
 
 # ---------------------------------------------------------------------------------------- analyze
@@ -89,6 +124,7 @@ class Analysis:
     seconds: float
     tiles: int  # 1 = scored in one pass
     stats: dict = field(default_factory=dict)
+    guide: ScoreGuide = field(default_factory=ScoreGuide)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,7 +133,7 @@ class Analysis:
 
     def record(self, regions: Sequence[Region] = (), threshold: Optional[float] = None) -> dict[str, Any]:
         """A JSON-ready record (the ``finpercep score`` fields plus stage, model, size and regions)."""
-        label, _ = GUIDE.band(self.score)
+        label, _ = self.guide.band(self.score)
         st = summary(self.pdm, threshold if threshold is not None else 0.5)
         return {
             "image": self.name, "score": float(self.score), "band": label, "pdm_mean": st["mean"],
@@ -151,6 +187,7 @@ def analyze(
     model_label: str = "",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Optional[Progress] = None,
+    guide: Optional[ScoreGuide] = None,
 ) -> Analysis:
     """Score ``image`` with the reward pipeline ``pipe``.
 
@@ -159,6 +196,7 @@ def analyze(
         tile_size: ``None`` = the model's tile size, 0 = never tile (large images are tiled
             exactly like ``finpercep score``).
         progress: called as ``progress(fraction, message)`` before the work starts.
+        guide: how to read the score (default: :meth:`ScoreGuide.for_model` of the model's folder).
     Raises:
         ImageInputError: not an image, unreadable, too large, or smaller than the model's minimum.
     """
@@ -179,9 +217,12 @@ def analyze(
     except ValueError as e:  # stage out of range, bad tile settings
         raise ImageInputError(f"{label}: {e}") from None
     pdm = np.asarray(out.pdms[0], dtype=np.float32)
+    if guide is None:
+        folder = m.config.get("_name_or_path") if hasattr(m.config, "get") else None
+        guide = ScoreGuide.for_model(Path(folder) if folder else None, int(out.stage))
     return Analysis(name=label, rgb=rgb, score=float(out.scores[0]), pdm=pdm, stage=int(out.stage),
                     num_stages=m.num_stages, model=model_label, seconds=time.perf_counter() - t0,
-                    tiles=tiles, stats=summary(pdm))
+                    tiles=tiles, stats=summary(pdm), guide=guide)
 
 
 # ---------------------------------------------------------------------------------------- render
@@ -211,15 +252,16 @@ def regions_image(an: Analysis, regions: Sequence[Region]) -> PIL.Image.Image:
 
 
 def region_rows(an: Analysis, regions: Sequence[Region]) -> list[list]:
-    """Rows of the region table, in the order of :data:`REGION_HEADERS`."""
+    """Rows of the region table, in the order of :data:`REGION_HEADERS` (the box is half-open, like
+    ``PIL.Image.crop``; the JSON export has every field of each region)."""
     total = an.pdm.size
-    return [[i, r.kind, r.x0, r.y0, r.x1, r.y1, r.area, round(100.0 * r.area / total, 2),
-             round(r.mean, 3), round(r.max, 3)] for i, r in enumerate(regions, start=1)]
+    return [[i, r.kind, f"{r.x0}, {r.y0}, {r.x1}, {r.y1}", round(100.0 * r.area / total, 2), round(r.mean, 3),
+             round(r.max, 3)] for i, r in enumerate(regions, start=1)]
 
 
 def score_markdown(an: Analysis) -> str:
     """The score panel: score, its band, map statistics and how the result was computed."""
-    label, meaning = GUIDE.band(an.score)
+    label, meaning = an.guide.band(an.score)
     st = an.stats or summary(an.pdm)
     w, h = an.size
     how = f"{an.tiles} tiles" if an.tiles > 1 else "one pass"
@@ -230,7 +272,7 @@ def score_markdown(an: Analysis) -> str:
         f"PDM mean {st['mean']:.3f} · max {st['max']:.3f} · p95 {st['p95']:.3f} · "
         f"{100 * st['frac_above']:.1f}% of pixels ≥ {st['threshold']:.2f}\n\n"
         f"`{an.name}` · {w}×{h} · {an.model or 'model'} · {stage} · {how} · {an.seconds:.2f} s\n\n"
-        f"<small>{GUIDE.legend()}</small>"
+        f"<small>{an.guide.legend()}</small>"
     )
 
 
@@ -265,8 +307,8 @@ def compare(a: Analysis, b: Analysis) -> Comparison:
 
 
 def _diverging_lut() -> np.ndarray:
-    """256 x 3 uint8 blue (-1) -> near-white (0) -> red (+1)."""
-    x = np.linspace(-1.0, 1.0, 256)[:, None]
+    """255 x 3 uint8 blue (-1) -> near-white (0, the middle entry) -> red (+1)."""
+    x = np.linspace(-1.0, 1.0, 255)[:, None]
     blue, white, red = np.array([33, 102, 172.]), np.array([247, 247, 247.]), np.array([178, 24, 43.])
     lut = np.where(x < 0, white + (blue - white) * (-x), white + (red - white) * x)
     return np.rint(lut).astype(np.uint8)
@@ -277,22 +319,24 @@ _DIVERGING = _diverging_lut()
 
 def diff_image(diff: np.ndarray, gain: float = 1.0) -> PIL.Image.Image:
     """The signed map difference as an image: red where B is more degraded, blue where A is."""
-    idx = np.rint((np.clip(diff * float(gain), -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    idx = np.rint((np.clip(diff * float(gain), -1.0, 1.0) + 1.0) * 127.0).astype(np.uint8)
     return Image.fromarray(_DIVERGING[idx], mode="RGB")
 
 
 def compare_markdown(c: Comparison) -> str:
     r = c.record()
     delta = r["score_delta_b_minus_a"]
+    better = "tie" if abs(delta) < 5e-4 else r["better"]
     verdict = {"a": f"**A ({c.a.name}) scores higher**", "b": f"**B ({c.b.name}) scores higher**",
-               "tie": "**equal scores**"}[r["better"]]
-    la, lb = GUIDE.band(c.a.score)[0], GUIDE.band(c.b.score)[0]
+               "tie": "**practically equal scores** (|B − A| < 0.0005)"}[better]
+    la, lb = c.a.guide.band(c.a.score)[0], c.b.guide.band(c.b.score)[0]
     note = " B's map was resized to A's size for the difference." if c.resized else ""
     return (
         f"### A {c.a.score:.3f} ({la}) · B {c.b.score:.3f} ({lb}) · B − A = {delta:+.3f}\n"
         f"{verdict}. Difference map: red where B is more degraded, blue where A is. "
-        f"B worse on {100 * r['frac_b_worse']:.1f}% of pixels, A worse on {100 * r['frac_a_worse']:.1f}% "
-        f"(|Δ| > 0.1); mean |Δ| {r['diff_abs_mean']:.3f}.{note}\n\n<small>{GUIDE.legend()}</small>"
+        f"B is worse by more than 0.1 on {100 * r['frac_b_worse']:.1f}% of the pixels, A on "
+        f"{100 * r['frac_a_worse']:.1f}%; mean absolute difference {r['diff_abs_mean']:.3f}.{note}\n\n"
+        f"<small>{c.a.guide.legend()}</small>"
     )
 
 

@@ -7,6 +7,7 @@ kept, so a viewer left open for days does not fill the disk.
 """
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import re
@@ -38,6 +39,8 @@ class ExportStore:
 
     def __init__(self, root: Optional[Path] = None, keep: int = 64) -> None:
         self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="finpercep-view-"))
+        if root is None:  # our own temporary root: remove it when the process ends
+            atexit.register(self.cleanup)
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, int(keep))
         self._lock = threading.Lock()

@@ -85,9 +85,11 @@ class Viewer:
         self.exports = exports or ExportStore()
 
     # ----------------------------------------------------------------------------- model
-    def pipe(self, kind: Optional[str], ref: Optional[str]) -> tuple[Any, ModelRef]:
+    def pipe(self, kind: Optional[str], ref: Optional[str], progress: Progress = None) -> tuple[Any, ModelRef]:
         """The pipeline for the model panel's ``(kind, ref)``; raises :class:`ModelLoadError`."""
         mref = ModelRef.parse(kind, ref)
+        if progress is not None and mref not in self.store.loaded():
+            progress(0.0, f"loading reward model {mref.label} ({mref.kind_label})")
         return self.store.get(mref), mref
 
     def model_info(self, kind: Optional[str], ref: Optional[str]) -> ModelInfo:
@@ -110,7 +112,7 @@ class Viewer:
     # ----------------------------------------------------------------------------- inspect
     def analyze(self, image: Any, kind: Optional[str], ref: Optional[str], stage: Any = -1, tile: Any = None,
                 progress: Progress = None, name: Optional[str] = None) -> Analysis:
-        pipe, mref = self.pipe(kind, ref)
+        pipe, mref = self.pipe(kind, ref, progress)
         return core.analyze(pipe, image, name=name, stage=_stage(stage), tile_size=_tile(tile),
                             model_label=mref.label, max_pixels=self.config.max_pixels, progress=progress)
 
@@ -177,7 +179,7 @@ class Viewer:
         if not paths:
             raise ImageInputError("no images to score: add image files, or a folder that holds PNG / JPEG / "
                                   "WebP / TIFF / BMP files")
-        pipe, mref = self.pipe(kind, ref)  # model errors stop the batch: they are not per file
+        pipe, mref = self.pipe(kind, ref, progress)  # model errors stop the batch: they are not per file
         records, gallery = [], []
         for i, path in enumerate(paths):
             if progress:

@@ -106,3 +106,11 @@ def test_hub_round_trip_reproduces_outputs(pipe, photo, local_hub):
     pipe.reward_model.push_to_hub("finpercep/tiny-rm-model")
     m = FinPercepRewardPipeline.from_pretrained("finpercep/tiny-rm-model", stage=1)
     assert m.reward_model.stage == 1
+
+
+def test_a_large_photo_goes_through_tiles(pipe):
+    rng = np.random.default_rng(0)
+    big = np.repeat(np.repeat(rng.random((96, 128, 3), dtype=np.float32), 16, 0), 16, 1)  # 1536 x 2048
+    out = pipe(big, tile_size=512, tile_overlap=64, output_overlays=False)
+    assert out.pdms.shape == (1, 1536, 2048) and np.isfinite(out.scores).all()
+    assert 0.0 <= out.pdms.min() <= out.pdms.max() <= 1.0

@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 from PIL import Image
 
+from diffusers_ext.image_io import load_image, to_float_rgb
+
 MATE_DIR = Path("/usr/share/backgrounds/mate/nature")
 PLASMA_DIR = Path("/usr/share/wallpapers")
 PLASMA_PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
@@ -54,19 +56,9 @@ def split_of(photo_id: str, fractions: tuple[float, float, float] = (0.6, 0.15, 
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def _to_float_rgb(arr: np.ndarray) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    arr = arr[..., :3]
-    scale = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
-    return np.clip(arr.astype(np.float32) / scale, 0, 1)
-
-
 def _file_loader(path: Path) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        with Image.open(path) as im:
-            return _to_float_rgb(np.asarray(im.convert("RGB")))
+        return to_float_rgb(load_image(path), str(path))
     return load
 
 
@@ -74,7 +66,7 @@ def _skimage_loader(name: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
         from skimage import data
 
-        return _to_float_rgb(getattr(data, name)())
+        return to_float_rgb(getattr(data, name)(), f"skimage.data.{name}")
     return load
 
 

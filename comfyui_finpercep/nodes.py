@@ -1,0 +1,541 @@
+"""The FinPercep ComfyUI nodes (V3 schema, ``comfy_api.latest``). Imported only inside ComfyUI.
+
+Each node is a thin adapter: ComfyUI types in (IMAGE ``[B,H,W,3]``, MASK ``[B,H,W]``, MODEL, VAE),
+``diffusers_ext`` / the pure helpers of this package do the work, plain ComfyUI types come out.
+Errors a user sees name the node input and the fix.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import folder_paths
+from comfy_api.latest import ComfyExtension, io, ui
+
+from . import NODE_IDS
+from .masks import feather as feather_mask
+from .masks import pdm_to_mask
+
+log = logging.getLogger("finpercep")
+
+CATEGORY = "FinPercep"
+BUNDLED = "(bundled default)"
+MODEL_FOLDER = "finpercep"
+REWARD_MODEL = io.Custom("FINPERCEP_REWARD_MODEL")
+REWARD_PATTERNS = ["*.json", "*.safetensors", "*.md", "reward_model/*"]
+ADAPTER_PATTERNS = ["*.safetensors", "*.json", "*.md"]
+COLORMAPS = ["inferno", "magma", "viridis", "turbo", "rainbow", "gray"]
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def input_error(node: str, name: str, problem: str, fix: str) -> ValueError:
+    """The error text ComfyUI shows: which node, which input, what is wrong, what to do."""
+    return ValueError(f"{node}: input '{name}': {problem}. Fix: {fix}.")
+
+
+def register_model_folder() -> None:
+    """``models/finpercep`` (plus any ``finpercep:`` entry of extra_model_paths.yaml) for reward models."""
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+        if default not in paths:
+            paths.append(default)
+        if isinstance(exts, set):
+            exts.update({".json", ".safetensors"})
+    else:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([default], {".json", ".safetensors"})
+
+
+register_model_folder()
+
+
+def reward_model_choices() -> list[str]:
+    """Folders under the ``finpercep`` model paths that hold a reward model (config.json or model_index.json)."""
+    found = set()
+    for root in folder_paths.get_folder_paths(MODEL_FOLDER):
+        base = Path(root)
+        if not base.is_dir():
+            continue
+        for marker in ("config.json", "model_index.json"):
+            for f in list(base.glob(f"*/{marker}")) + list(base.glob(f"*/*/{marker}")):
+                rel = f.parent.relative_to(base).as_posix()
+                if rel.startswith(".") or "/." in rel or rel.endswith("/reward_model"):
+                    continue
+                found.add(rel)
+    return [BUNDLED] + sorted(found)
+
+
+def find_reward_model(name: str) -> Optional[Path]:
+    for root in folder_paths.get_folder_paths(MODEL_FOLDER):
+        p = Path(root) / name
+        if p.is_dir() and ".." not in Path(name).parts:
+            return p
+    return None
+
+
+def hub_folder(kind: str, hub_id: str) -> Path:
+    from .hub_download import folder_name
+
+    if kind == MODEL_FOLDER:
+        return Path(folder_paths.get_folder_paths(MODEL_FOLDER)[0]) / folder_name(hub_id)
+    return Path(folder_paths.get_folder_paths("loras")[0]) / "finpercep" / folder_name(hub_id)
+
+
+class _Holder(torch.nn.Module):
+    """A plain module around the reward model, so ComfyUI's ModelPatcher may set ``.device`` on it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.reward_model = model
+
+
+class RewardModelHandle:
+    """What flows through a FINPERCEP_REWARD_MODEL link: the pipeline, managed by ComfyUI's model
+    management (loaded to the compute device when used, offloaded when memory is needed)."""
+
+    def __init__(self, pipe, source: str, dtype: torch.dtype) -> None:
+        self.pipe = pipe
+        self.source = source
+        self.dtype = dtype
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            _Holder(pipe.reward_model), load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+
+    def load(self):
+        mm.load_models_gpu([self.patcher])
+        return self.pipe
+
+    def __repr__(self) -> str:
+        m = self.pipe.reward_model
+        return f"FinPercep reward model {self.source} (stage {m.stage}/{m.num_stages}, {self.dtype})"
+
+
+class _TileBar:
+    """Stands in for the pipeline's tqdm bar and advances a ComfyUI ProgressBar per tile."""
+
+    def __init__(self, pbar: comfy.utils.ProgressBar) -> None:
+        self.pbar = pbar
+        self.count = 0
+
+    def update(self, n: int = 1) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        self.count += n
+        self.pbar.update(n)
+
+    def close(self) -> None:
+        pass
+
+
+def _tiles(model, h: int, w: int, tile_size: int, tile_overlap: int) -> int:
+    from diffusers_ext.pipelines.pipeline_finpercep_reward import tile_starts
+
+    tile = model.config.tile_size if tile_size < 0 else tile_size
+    overlap = model.config.tile_overlap if tile_overlap < 0 else tile_overlap
+    if not tile or max(h, w) <= tile:
+        return 1
+    s = model.encoder.max_stride
+    tile = max(s, tile // s * s)
+    return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
+
+
+def _check_image(node: str, name: str, image) -> torch.Tensor:
+    if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise input_error(node, name, f"expected a ComfyUI IMAGE batch [B, H, W, 3], got {shape}",
+                          "connect an IMAGE output (e.g. Load Image) to it")
+    if image.shape[-1] == 1:
+        image = image.expand(-1, -1, -1, 3)
+    return image[..., :3]
+
+
+def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage: int = -1, tile_size: int = -1,
+                tile_overlap: int = -1, overlays: bool = True, overlay_alpha: float = 0.6, cmap: str = "inferno"):
+    """Run the reward pipeline image by image with a ComfyUI ProgressBar over tiles/images.
+
+    Returns (scores float32 [B], pdm [B,H,W] float32 cpu, overlay [B,H,W,3] or None, stage)."""
+    from diffusers_ext.image_io import ImageInputError
+
+    if not isinstance(handle, RewardModelHandle):
+        raise input_error(node, "reward_model", f"got {type(handle).__name__}", "connect the output of 'FinPercep Load Reward Model'")
+    image = _check_image(node, "image" if node != "FinPercep Best of N" else "images", image)
+    pipe = handle.load()
+    model = pipe.reward_model
+    if stage >= 0 and stage > model.num_stages:
+        raise input_error(node, "stage", f"{stage} is above this model's last stage {model.num_stages}",
+                          f"use -1 (the model's stage {model.stage}) or a value in 0..{model.num_stages}")
+    b, h, w, _ = image.shape
+    min_size = int(model.config.min_size)
+    if min(h, w) < min_size:
+        raise input_error(node, "image" if node != "FinPercep Best of N" else "images",
+                          f"{w}x{h} px is below the reward model's minimum of {min_size} px per side",
+                          f"upscale it first (e.g. the 'Upscale Image' node) to at least {min_size}x{min_size} px")
+    if tile_size > 0 and tile_overlap >= 0 and tile_overlap >= tile_size:
+        raise input_error(node, "tile_overlap", f"{tile_overlap} is not below tile_size {tile_size}",
+                          "make tile_overlap smaller than tile_size (or -1 for the model's default)")
+    per_image = _tiles(model, h, w, tile_size, tile_overlap)
+    pbar = comfy.utils.ProgressBar(b * per_image)
+    bar = _TileBar(pbar)
+    scores, pdms, ovs = [], [], []
+    kwargs = dict(stage=None if stage < 0 else stage, tile_size=None if tile_size < 0 else tile_size,
+                  tile_overlap=None if tile_overlap < 0 else tile_overlap, output_overlays=overlays,
+                  overlay_alpha=overlay_alpha, cmap=cmap)
+    pipe.progress_bar = lambda iterable=None, total=None, **_: bar  # per-tile progress inside the pipeline
+    try:
+        for i in range(b):
+            mm.throw_exception_if_processing_interrupted()
+            before = bar.count
+            x = image[i:i + 1].permute(0, 3, 1, 2).float().clamp(0, 1)
+            try:
+                out = pipe(x, **kwargs)
+            except ImageInputError as e:
+                raise input_error(node, "image", str(e), "pass an RGB image at least "
+                                  f"{min_size}x{min_size} px") from e
+            scores.append(float(out.scores[0]))
+            pdms.append(torch.from_numpy(out.pdms[0]))
+            if overlays:
+                import numpy as np
+
+                ovs.append(torch.from_numpy(np.asarray(out.overlays[0].convert("RGB"), dtype=np.float32) / 255.0))
+            if bar.count == before:
+                bar.update(per_image)
+            used_stage = out.stage
+    finally:
+        pipe.__dict__.pop("progress_bar", None)
+    dev = mm.intermediate_device()
+    pdm = torch.stack(pdms).to(dev, torch.float32)
+    overlay = torch.stack(ovs).to(dev, torch.float32) if overlays else None
+    import numpy as np
+
+    return np.asarray(scores, dtype=np.float32), pdm, overlay, used_stage
+
+
+# ------------------------------------------------------------------------------------ reward nodes
+
+
+class LoadRewardModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FinPercepLoadRewardModel",
+            display_name="FinPercep Load Reward Model",
+            category=CATEGORY,
+            description="Load a FinPercep reward model: the bundled default, a folder under models/finpercep/, "
+                        "or a Hub repository id (downloaded once into models/finpercep/, with checksums).",
+            inputs=[
+                io.Combo.Input("model", options=reward_model_choices(), default=BUNDLED,
+                               tooltip="The bundled default, or a folder under models/finpercep/ written by save_pretrained."),
+                io.String.Input("hub_id", default="", tooltip="Optional Hub id 'owner/name'; when set it is used instead "
+                                "of 'model' and downloaded once into models/finpercep/owner--name."),
+                io.Int.Input("stage", default=-1, min=-1, max=16,
+                             tooltip="Curriculum stage: -1 = the model's own; 0 = global score only; higher = finer map."),
+                io.Combo.Input("dtype", options=["auto", "float32", "float16", "bfloat16"], default="auto",
+                               tooltip="auto: float32 on CPU, float16 on GPUs that run it well."),
+            ],
+            outputs=[REWARD_MODEL.Output(display_name="reward_model")],
+        )
+
+    @classmethod
+    def execute(cls, model: str, hub_id: str = "", stage: int = -1, dtype: str = "auto") -> io.NodeOutput:
+        from diffusers_ext import FinPercepRewardPipeline
+        from diffusers_ext.hub import DEFAULT_MODEL_DIR
+
+        node = "FinPercep Load Reward Model"
+        hub_id = (hub_id or "").strip()
+        if hub_id:
+            from .hub_download import check_repo_id, download_once
+
+            try:
+                check_repo_id(hub_id)
+            except ValueError as e:
+                raise input_error(node, "hub_id", str(e).split(": ", 1)[-1], "write it as 'owner/name', or clear it") from e
+            try:
+                folder = download_once(hub_id, hub_folder(MODEL_FOLDER, hub_id), allow_patterns=REWARD_PATTERNS)
+            except Exception as e:  # network, missing repo, checksum: all need the user's action
+                raise input_error(node, "hub_id", f"could not get {hub_id!r}: {e}",
+                                  "check the id and your connection, or download the folder into models/finpercep/ yourself") from e
+            source = hub_id
+        elif model == BUNDLED:
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file() and not (DEFAULT_MODEL_DIR / "model_index.json").is_file():
+                raise input_error(node, "model", f"the bundled default model is missing ({DEFAULT_MODEL_DIR} has no config.json)",
+                                  "reinstall FinPercep, or pick a folder under models/finpercep/ or a hub_id")
+            folder, source = None, "bundled default"
+        else:
+            folder = find_reward_model(model)
+            if folder is None:
+                raise input_error(node, "model", f"{model!r} is not a folder under {folder_paths.get_folder_paths(MODEL_FOLDER)}",
+                                  "put a reward model folder (config.json + diffusion_pytorch_model.safetensors) there and refresh")
+            source = model
+        device = mm.get_torch_device()
+        if dtype == "auto":
+            torch_dtype = torch.float16 if device.type == "cuda" and mm.should_use_fp16(device) else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype)
+        try:
+            pipe = FinPercepRewardPipeline.from_pretrained(folder, torch_dtype=torch_dtype)
+        except Exception as e:
+            raise input_error(node, "hub_id" if hub_id else "model", f"{source} is not a loadable FinPercep reward model ({e})",
+                              "pick a folder written by FinPercepRM/FinPercepRewardPipeline.save_pretrained") from e
+        rm = pipe.reward_model.eval()
+        if stage >= 0:
+            if stage > rm.num_stages:
+                raise input_error(node, "stage", f"{stage} is above this model's last stage {rm.num_stages}",
+                                  f"use -1 or a value in 0..{rm.num_stages}")
+            rm.set_stage(stage)
+        if next(rm.parameters()).dtype != torch_dtype:
+            rm.to(dtype=torch_dtype)
+        pipe.set_progress_bar_config(disable=True)
+        handle = RewardModelHandle(pipe, source, torch_dtype)
+        return io.NodeOutput(handle, ui=ui.PreviewText(repr(handle)))
+
+
+class ScoreImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FinPercepScoreImage",
+            display_name="FinPercep Score Image",
+            category=CATEGORY,
+            description="Global perceptual score (higher = better) and Perceptual Degradation Map (higher = more "
+                        "degraded) of each image; large images go through overlapping tiles.",
+            inputs=[
+                REWARD_MODEL.Input("reward_model"),
+                io.Image.Input("image"),
+                io.Int.Input("tile_size", default=-1, min=-1, max=8192,
+                             tooltip="-1: the model's tile size; 0: no tiling (whole image at once)."),
+                io.Int.Input("tile_overlap", default=-1, min=-1, max=4096, tooltip="-1: the model's overlap."),
+                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05),
+                io.Combo.Input("colormap", options=COLORMAPS, default="inferno"),
+                io.Int.Input("stage", default=-1, min=-1, max=16, tooltip="-1: the stage chosen at load time."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="score", tooltip="Mean global score of the batch (one image: its score)."),
+                io.Float.Output(display_name="scores", is_output_list=True, tooltip="One score per image."),
+                io.Mask.Output(display_name="pdm", tooltip="[B,H,W] in [0,1], higher = more degraded."),
+                io.Image.Output(display_name="overlay", tooltip="Heat map of the PDM over the image."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, reward_model, image, tile_size=-1, tile_overlap=-1, overlay_alpha=0.6, colormap="inferno",
+                stage=-1) -> io.NodeOutput:
+        scores, pdm, overlay, used = score_batch("FinPercep Score Image", reward_model, image, stage, tile_size,
+                                                 tile_overlap, True, overlay_alpha, colormap)
+        lines = [f"image {i}: score {s:.4f}, PDM mean {float(pdm[i].mean()):.3f} max {float(pdm[i].max()):.3f}"
+                 for i, s in enumerate(scores)]
+        text = f"stage {used}\n" + "\n".join(lines)
+        return io.NodeOutput(float(scores.mean()), [float(s) for s in scores], pdm, overlay, ui=ui.PreviewText(text))
+
+
+class BestOfN(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FinPercepBestOfN",
+            display_name="FinPercep Best of N",
+            category=CATEGORY,
+            description="Pick the best of a batch of candidates (e.g. several seeds of an upscale) by reward: "
+                        "score + pdm_weight * (1 - worst-region PDM). Reward-guided selection without training.",
+            inputs=[
+                REWARD_MODEL.Input("reward_model"),
+                io.Image.Input("images", tooltip="The candidates as one IMAGE batch."),
+                io.Float.Input("pdm_weight", default=0.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="λ2 of the fused reward; 0 ranks by the global score alone."),
+                io.Float.Input("worst_fraction", default=0.01, min=0.0001, max=1.0, step=0.005,
+                               tooltip="The PDM penalty is the mean of this top fraction of map values."),
+                io.Int.Input("tile_size", default=-1, min=-1, max=8192, tooltip="-1: the model's tile size; 0: no tiling."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="best"),
+                io.Int.Output(display_name="best_index"),
+                io.Float.Output(display_name="rewards", is_output_list=True, tooltip="One reward per candidate, input order."),
+                io.Image.Output(display_name="ranked", tooltip="All candidates, best first."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, reward_model, images, pdm_weight=0.0, worst_fraction=0.01, tile_size=-1) -> io.NodeOutput:
+        from diffusers_ext.rewards import RewardConfig, fused_reward
+
+        node = "FinPercep Best of N"
+        images = _check_image(node, "images", images)
+        scores, pdm, _, used = score_batch(node, reward_model, images, -1, tile_size, -1, overlays=False)
+        cfg = RewardConfig(lambda_global=1.0, lambda_pdm=float(pdm_weight), softmax="topk", top_fraction=float(worst_fraction))
+        terms = fused_reward(torch.from_numpy(scores), pdm if used > 0 else None, cfg)
+        rewards = terms.reward.float()
+        order = torch.argsort(rewards, descending=True, stable=True)
+        best = int(order[0])
+        text = "\n".join(f"{'*' if i == best else ' '} candidate {i}: reward {float(rewards[i]):.4f} "
+                         f"(score {float(scores[i]):.4f}, worst-region PDM {float(terms.pdm_penalty[i]):.3f})"
+                         for i in range(len(scores)))
+        return io.NodeOutput(images[best:best + 1].clone(), best, [float(r) for r in rewards], images[order].clone(),
+                             ui=ui.PreviewText(f"best: candidate {best} of {len(scores)}\n{text}"))
+
+
+class PDMToInpaintMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FinPercepPDMToInpaintMask",
+            display_name="FinPercep PDM to Inpaint Mask",
+            category=CATEGORY,
+            description="Fix where bad: threshold the Perceptual Degradation Map, drop specks, grow and feather it "
+                        "into a MASK for ComfyUI's inpainting nodes, so only defective regions are re-generated.",
+            inputs=[
+                io.Mask.Input("pdm", tooltip="The 'pdm' output of FinPercep Score Image."),
+                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="PDM values at or above this count as defective."),
+                io.Int.Input("dilate", default=8, min=0, max=512, tooltip="Grow the regions by this many pixels."),
+                io.Int.Input("feather", default=8, min=0, max=512, tooltip="Soft edge of this many pixels outside the regions."),
+                io.Int.Input("min_area", default=0, min=0, max=1 << 20, tooltip="Drop regions smaller than this many pixels."),
+                io.Boolean.Input("invert", default=False, tooltip="Output the keep-mask instead."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="mask"),
+                io.Float.Output(display_name="coverage", tooltip="Fraction of pixels in the mask (before feathering)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, pdm, threshold=0.5, dilate=8, feather=8, min_area=0, invert=False) -> io.NodeOutput:
+        node = "FinPercep PDM to Inpaint Mask"
+        if not isinstance(pdm, torch.Tensor) or pdm.ndim not in (2, 3):
+            raise input_error(node, "pdm", f"expected a MASK [B,H,W], got {getattr(pdm, 'shape', type(pdm).__name__)}",
+                              "connect the 'pdm' output of FinPercep Score Image")
+        pdm = pdm if pdm.ndim == 3 else pdm[None]
+        mask = pdm_to_mask(pdm.float(), threshold, dilate, 0, min_area)
+        coverage = float(mask.mean())
+        mask = feather_mask(mask, feather)
+        if invert:
+            mask = 1.0 - mask
+        return io.NodeOutput(mask.to(mm.intermediate_device()), coverage)
+
+
+# ------------------------------------------------------------------------------------ SR nodes
+
+
+def adapter_choices() -> list[str]:
+    return [f for f in folder_paths.get_filename_list("loras") if f.endswith(".safetensors")]
+
+
+class LoadSRAdapter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = adapter_choices()
+        return io.Schema(
+            node_id="FinPercepLoadSRAdapter",
+            display_name="FinPercep Load SR Adapter",
+            category=CATEGORY,
+            description="Apply a FinPercep SR LoRA (diffusers/PEFT 'unet.*' keys, from models/loras/ or a Hub id) to a "
+                        "MODEL. The keys are converted to ComfyUI's kohya names on load and every layer is checked, so "
+                        "nothing is skipped silently. Optionally writes the converted file for the stock LoRA loader.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Combo.Input("adapter", options=choices or ["(none found in models/loras)"],
+                               tooltip="A diffusers LoRA file, e.g. my_adapter/pytorch_lora_weights.safetensors."),
+                io.String.Input("hub_id", default="", tooltip="Optional Hub id 'owner/name' of an adapter repository; "
+                                "used instead of 'adapter', downloaded once into models/loras/finpercep/."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05),
+                io.Boolean.Input("save_converted", default=False,
+                                 tooltip="Also write models/loras/finpercep_converted/<name>.safetensors (kohya keys)."),
+            ],
+            outputs=[io.Model.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, adapter: str, hub_id: str = "", strength: float = 1.0, save_converted: bool = False) -> io.NodeOutput:
+        from . import lora_convert as lc
+        from .sr import apply_sr_adapter
+
+        node = "FinPercep Load SR Adapter"
+        hub_id = (hub_id or "").strip()
+        if hub_id:
+            from .hub_download import check_repo_id, download_once
+
+            try:
+                check_repo_id(hub_id)
+                folder = download_once(hub_id, hub_folder("loras", hub_id), allow_patterns=ADAPTER_PATTERNS)
+                file = lc.find_adapter_file(folder)
+            except Exception as e:
+                raise input_error(node, "hub_id", f"could not get adapter {hub_id!r}: {e}",
+                                  "check the id (owner/name) and your connection, or put the folder into models/loras/") from e
+            name = folder.name
+        else:
+            path = folder_paths.get_full_path("loras", adapter)
+            if path is None:
+                raise input_error(node, "adapter", f"{adapter!r} was not found in {folder_paths.get_folder_paths('loras')}",
+                                  "put the adapter folder (pytorch_lora_weights.safetensors) into models/loras/ and refresh, or set hub_id")
+            file = Path(path)
+            name = file.parent.name if file.name == lc.LORA_WEIGHT_NAME else file.stem
+        patched, report, converted, base_model = apply_sr_adapter(model, file, strength, node,
+                                                                  "hub_id" if hub_id else "adapter")
+        text = f"{name}: {report.summary()}; applied all {len(report.modules)} layers at strength {strength:g}"
+        if save_converted and not report.already_comfy:
+            out = Path(folder_paths.get_folder_paths("loras")[0]) / "finpercep_converted" / f"{name}.safetensors"
+            lc.save_converted(converted, out, source=str(hub_id or adapter), base_model=base_model)
+            text += f"\nconverted file for the stock LoRA loader: finpercep_converted/{out.name}"
+        log.info("FinPercep: %s", text)
+        return io.NodeOutput(patched, ui=ui.PreviewText(text))
+
+
+class OneStepSR(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="FinPercepOneStepSR",
+            display_name="FinPercep One-step SR",
+            category=CATEGORY,
+            description="One-step diffusion super-resolution (OSEDiff-style), the trainer's one-step policy: upscale "
+                        "bicubically, VAE-encode, one UNet step at 'timestep' predicting the clean latent, VAE-decode. "
+                        "Connect an SD 1.x/2.x MODEL with a FinPercep SR adapter and its VAE.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Vae.Input("vae"),
+                io.Image.Input("image", tooltip="The low-resolution image(s)."),
+                io.Float.Input("upscale_by", default=4.0, min=1.0, max=8.0, step=0.5),
+                io.Int.Input("timestep", default=999, min=1, max=999,
+                             tooltip="The single denoising timestep (the trainer uses 999)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Optional prompt conditioning; without it a zero text embedding is used."),
+            ],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, image, upscale_by=4.0, timestep=999, positive=None) -> io.NodeOutput:
+        from .sr import one_step_sr
+
+        node = "FinPercep One-step SR"
+        image = _check_image(node, "image", image)
+        b, h, w, _ = image.shape
+        th, tw = int(round(h * upscale_by)), int(round(w * upscale_by))
+        if th * tw > 4096 * 4096:
+            raise input_error(node, "upscale_by", f"{w}x{h} px x{upscale_by:g} = {tw}x{th} px is too large for one pass",
+                              "upscale a smaller image (crop it into parts) or lower upscale_by")
+        pbar = comfy.utils.ProgressBar(b)
+        outs = []
+        for i in range(b):
+            mm.throw_exception_if_processing_interrupted()
+            outs.append(one_step_sr(model, vae, image[i:i + 1], upscale_by, timestep, positive, node=node))
+            pbar.update(1)
+        return io.NodeOutput(torch.cat(outs).to(mm.intermediate_device()))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadRewardModel, ScoreImage, BestOfN, PDMToInpaintMask, LoadSRAdapter, OneStepSR]
+assert tuple(n.define_schema().node_id for n in NODES) == NODE_IDS, "NODE_IDS and NODES disagree"
+
+
+class FinPercepExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
