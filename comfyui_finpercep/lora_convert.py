@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+VAE_LORA_WEIGHT_NAME = "vae_encoder_lora.safetensors"  # optional VAE-encoder part (trainer's --lora_vae_encoder)
 METADATA_KEY = "lora_adapter_metadata"
 UNET_PREFIXES = ("unet.", "base_model.model.")
 _OTHER_PREFIXES = ("text_encoder.", "text_encoder_2.", "vae.", "transformer.")
@@ -114,14 +115,20 @@ def convert_peft_to_kohya(
     metadata: Mapping[str, str] | None = None,
     *,
     dtype: Optional[torch.dtype] = None,
+    prefixes: tuple[str, ...] = UNET_PREFIXES,
+    out_prefix: str = "lora_unet_",
+    flatten: bool = True,
+    metadata_prefix: str = "unet",
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """PEFT / diffusers UNet LoRA -> kohya ``lora_unet_*`` keys with per-module ``alpha``.
 
     Keys of other components (``text_encoder.*``, ``vae.*``) are left out and counted in the report.
     A file that already uses kohya / ``diffusion_model.*`` UNet keys is returned unchanged.
+    ``prefixes`` / ``out_prefix`` / ``flatten`` select another component, e.g. the VAE encoder part
+    (``vae.encoder.*`` -> ``<out_prefix><module with dots>``).
     """
     report = ConversionReport()
-    if is_kohya_unet(state_dict):
+    if prefixes == UNET_PREFIXES and is_kohya_unet(state_dict):
         report.already_comfy = True
         report.alpha_source = "the file's alpha keys"
         for key, t in state_dict.items():
@@ -133,19 +140,19 @@ def convert_peft_to_kohya(
                     alpha = state_dict.get(f"{module}.alpha")
                     report.scales[module] = float(alpha) / int(t.shape[0]) if alpha is not None else 1.0
         return dict(state_dict), report
-    cfg = adapter_config(metadata)
+    cfg = adapter_config(metadata, metadata_prefix)
     if cfg is not None and cfg.get("use_dora"):
         raise AdapterFormatError("this adapter uses DoRA (use_dora=True), which the converter does not support; "
                                  "train it with use_dora=False or merge it into the base model")
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
         body = key
-        for p in UNET_PREFIXES:
+        for p in prefixes:
             if body.startswith(p):
                 body = body[len(p):]
                 break
         else:
-            other = next((p for p in _OTHER_PREFIXES if key.startswith(p)), None)
+            other = next((p for p in _OTHER_PREFIXES if key.startswith(p) and p not in prefixes), None)
             if other is not None:
                 report.ignored_prefixes[other] = report.ignored_prefixes.get(other, 0) + 1
                 continue
@@ -163,7 +170,7 @@ def convert_peft_to_kohya(
         groups.setdefault(m["module"], {})[kind] = tensor
     if not groups:
         raise AdapterFormatError(
-            "the adapter has no UNet LoRA keys (expected 'unet.<module>.lora_A.weight'); "
+            f"the adapter has no LoRA keys for this part (expected '{prefixes[0]}<module>.lora_A.weight'); "
             + (f"it only holds {', '.join(report.ignored_prefixes)} keys" if report.ignored_prefixes else "it is empty")
         )
     has_alpha_keys = any("alpha" in g for g in groups.values())
@@ -185,7 +192,7 @@ def convert_peft_to_kohya(
             scale = float(g["alpha"]) / rank
         else:
             scale = 1.0
-        name = "lora_unet_" + module.replace(".", "_")
+        name = out_prefix + (module.replace(".", "_") if flatten else module)
         out[f"{name}.lora_down.weight"] = down if dtype is None else down.to(dtype)
         out[f"{name}.lora_up.weight"] = up if dtype is None else up.to(dtype)
         out[f"{name}.alpha"] = torch.tensor(scale * rank, dtype=torch.float32)

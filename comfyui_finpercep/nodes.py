@@ -394,8 +394,8 @@ class PDMToInpaintMask(io.ComfyNode):
                         "into a MASK for ComfyUI's inpainting nodes, so only defective regions are re-generated.",
             inputs=[
                 io.Mask.Input("pdm", tooltip="The 'pdm' output of FinPercep Score Image."),
-                io.Float.Input("threshold", default=0.5, min=0.0, max=1.0, step=0.01,
-                               tooltip="PDM values at or above this count as defective."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="PDM values at or above this count as defective (0.3 suits the bundled model)."),
                 io.Int.Input("dilate", default=8, min=0, max=512, tooltip="Grow the regions by this many pixels."),
                 io.Int.Input("feather", default=8, min=0, max=512, tooltip="Soft edge of this many pixels outside the regions."),
                 io.Int.Input("min_area", default=0, min=0, max=1 << 20, tooltip="Drop regions smaller than this many pixels."),
@@ -408,7 +408,7 @@ class PDMToInpaintMask(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, pdm, threshold=0.5, dilate=8, feather=8, min_area=0, invert=False) -> io.NodeOutput:
+    def execute(cls, pdm, threshold=0.3, dilate=8, feather=8, min_area=0, invert=False) -> io.NodeOutput:
         node = "FinPercep PDM to Inpaint Mask"
         if not isinstance(pdm, torch.Tensor) or pdm.ndim not in (2, 3):
             raise input_error(node, "pdm", f"expected a MASK [B,H,W], got {getattr(pdm, 'shape', type(pdm).__name__)}",
@@ -449,14 +449,19 @@ class LoadSRAdapter(io.ComfyNode):
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05),
                 io.Boolean.Input("save_converted", default=False,
                                  tooltip="Also write models/loras/finpercep_converted/<name>.safetensors (kohya keys)."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The checkpoint's VAE; needed when the adapter also adapts the VAE encoder "
+                                     "(vae_encoder_lora.safetensors), passed through otherwise."),
             ],
-            outputs=[io.Model.Output(display_name="model")],
+            outputs=[io.Model.Output(display_name="model"),
+                     io.Vae.Output(display_name="vae", tooltip="The VAE with the adapter's encoder part (or unchanged).")],
         )
 
     @classmethod
-    def execute(cls, model, adapter: str, hub_id: str = "", strength: float = 1.0, save_converted: bool = False) -> io.NodeOutput:
+    def execute(cls, model, adapter: str, hub_id: str = "", strength: float = 1.0, save_converted: bool = False,
+                vae=None) -> io.NodeOutput:
         from . import lora_convert as lc
-        from .sr import apply_sr_adapter
+        from .sr import apply_sr_adapter, apply_vae_encoder_lora
 
         node = "FinPercep Load SR Adapter"
         hub_id = (hub_id or "").strip()
@@ -477,16 +482,25 @@ class LoadSRAdapter(io.ComfyNode):
                 raise input_error(node, "adapter", f"{adapter!r} was not found in {folder_paths.get_folder_paths('loras')}",
                                   "put the adapter folder (pytorch_lora_weights.safetensors) into models/loras/ and refresh, or set hub_id")
             file = Path(path)
+            if file.name == lc.VAE_LORA_WEIGHT_NAME and (file.parent / lc.LORA_WEIGHT_NAME).is_file():
+                file = file.parent / lc.LORA_WEIGHT_NAME  # the folder's VAE part was picked: load the whole adapter
             name = file.parent.name if file.name == lc.LORA_WEIGHT_NAME else file.stem
         patched, report, converted, base_model = apply_sr_adapter(model, file, strength, node,
                                                                   "hub_id" if hub_id else "adapter")
         text = f"{name}: {report.summary()}; applied all {len(report.modules)} layers at strength {strength:g}"
+        vae_file = file.parent / lc.VAE_LORA_WEIGHT_NAME if file.name == lc.LORA_WEIGHT_NAME else None
+        if vae_file is not None and vae_file.is_file():
+            if vae is None:
+                raise input_error(node, "vae", f"the adapter {name} also adapts the VAE encoder ({vae_file.name}) but no VAE is connected",
+                                  "connect the checkpoint's VAE to 'vae' and use this node's 'vae' output for One-step SR")
+            vae, vae_report = apply_vae_encoder_lora(vae, vae_file, strength, node)
+            text += f"\nVAE encoder: {vae_report.summary()}; applied"
         if save_converted and not report.already_comfy:
             out = Path(folder_paths.get_folder_paths("loras")[0]) / "finpercep_converted" / f"{name}.safetensors"
             lc.save_converted(converted, out, source=str(hub_id or adapter), base_model=base_model)
             text += f"\nconverted file for the stock LoRA loader: finpercep_converted/{out.name}"
         log.info("FinPercep: %s", text)
-        return io.NodeOutput(patched, ui=ui.PreviewText(text))
+        return io.NodeOutput(patched, vae, ui=ui.PreviewText(text))
 
 
 class OneStepSR(io.ComfyNode):
@@ -518,6 +532,11 @@ class OneStepSR(io.ComfyNode):
 
         node = "FinPercep One-step SR"
         image = _check_image(node, "image", image)
+        if vae is None or not hasattr(vae, "encode"):
+            raise input_error(node, "vae", "no VAE arrived", "connect the checkpoint's VAE (or the 'vae' output of "
+                              "FinPercep Load SR Adapter)")
+        if model is None or not hasattr(model, "get_model_object"):
+            raise input_error(node, "model", "no MODEL arrived", "connect a checkpoint's MODEL (through FinPercep Load SR Adapter)")
         b, h, w, _ = image.shape
         th, tw = int(round(h * upscale_by)), int(round(w * upscale_by))
         if th * tw > 4096 * 4096:

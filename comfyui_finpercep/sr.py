@@ -16,6 +16,7 @@ management when the model is loaded. Imported only inside ComfyUI (comfy.* is im
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -110,8 +111,6 @@ def apply_sr_adapter(model: Any, file: Any, strength: float = 1.0, node: str = "
         converted, report = lc.convert_peft_to_kohya(tensors, metadata)
     except lc.AdapterFormatError as e:
         raise _input_error(node, input_name, str(e), "pick a FinPercep SR adapter (a diffusers LoRA folder)") from e
-    from pathlib import Path
-
     base_model = lc.model_card_base_model(Path(file).parent) or metadata.get("base_model")
     trained_for = f" (its model card says base_model: {base_model})" if base_model else ""
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
@@ -142,3 +141,52 @@ def apply_sr_adapter(model: Any, file: Any, strength: float = 1.0, node: str = "
         raise _input_error(node, "model", f"only {len(applied)} of {len(layers)} adapter layers could be applied",
                            "connect the base checkpoint the adapter was trained on")
     return patched, report, converted, base_model
+
+
+VAE_OUT_PREFIX = "finpercep_vae_encoder."
+
+
+def apply_vae_encoder_lora(vae: Any, file: Any, strength: float = 1.0, node: str = "FinPercep Load SR Adapter"):
+    """A copy of ComfyUI VAE ``vae`` with the adapter's VAE-encoder LoRA (``vae_encoder_lora.safetensors``,
+    PEFT keys ``vae.encoder.<diffusers module>.lora_A.weight``) applied at ``strength``.
+
+    The diffusers module names map to ComfyUI's (ldm) SD-VAE names with ComfyUI's own conversion
+    table; a VAE without those layers (TAESD, another family) is refused. Returns ``(vae, report)``."""
+    import copy
+
+    import comfy.lora
+    from comfy.diffusers_convert import convert_vae_state_dict
+
+    from . import lora_convert as lc
+
+    try:
+        tensors, metadata = lc.read_adapter_file(file)
+        converted, report = lc.convert_peft_to_kohya(tensors, metadata, prefixes=("vae.encoder.",), out_prefix=VAE_OUT_PREFIX,
+                                                     flatten=False, metadata_prefix="vae")
+    except lc.AdapterFormatError as e:
+        raise _input_error(node, "adapter", f"its VAE-encoder part {Path(file).name}: {e}", "re-export the adapter with the trainer") from e
+    fake = {f"encoder.{m}.weight": torch.zeros(1) for m in report.modules}
+    ldm = list(convert_vae_state_dict(fake).keys())
+    sd = vae.first_stage_model.state_dict()
+    key_map = {f"{VAE_OUT_PREFIX}{m}": k for m, k in zip(report.modules, ldm)}
+    missing = [m for m, k in zip(report.modules, ldm) if k not in sd]
+    if missing:
+        raise _input_error(node, "vae", f"the adapter adapts the VAE encoder, but {len(missing)} of its {len(ldm)} layers "
+                           f"(e.g. encoder.{missing[0]}) do not exist in the connected VAE ({type(vae.first_stage_model).__name__})",
+                           "connect the Stable Diffusion VAE the adapter was trained with (not TAESD or another family)")
+    for m, k in zip(report.modules, ldm):
+        w = sd[k]
+        up, down = converted[f"{VAE_OUT_PREFIX}{m}.lora_up.weight"], converted[f"{VAE_OUT_PREFIX}{m}.lora_down.weight"]
+        if up.shape[0] != w.shape[0] or down.shape[1] != w.shape[1]:
+            raise _input_error(node, "vae", f"VAE layer encoder.{m} is {tuple(w.shape)} but the adapter expects "
+                               f"[{up.shape[0]}, {down.shape[1]}, ...]", "connect the VAE the adapter was trained with")
+    patches = comfy.lora.load_lora(converted, key_map, log_missing=False)
+    if len(patches) != len(key_map):
+        raise RuntimeError(f"{node}: ComfyUI loaded {len(patches)} of {len(key_map)} VAE adapter layers; please report this bug")
+    new = copy.copy(vae)
+    new.patcher = vae.patcher.clone()
+    applied = new.patcher.add_patches(patches, float(strength))
+    if len(applied) != len(key_map):
+        raise _input_error(node, "vae", f"only {len(applied)} of {len(key_map)} VAE adapter layers could be applied",
+                           "connect the VAE the adapter was trained with")
+    return new, report

@@ -157,7 +157,7 @@ def test_convert_pipeline_format_matches_peft_scale(tmp_path):
     unet, cfg = _peft_unet(r=4, alpha=8)
     file = _save_pipeline_format(unet, cfg, tmp_path)
     tensors, meta = lc.read_adapter_file(file)
-    assert all(k.startswith("unet.") and ".lora_A." in k or ".lora_B." in k for k in tensors)
+    assert all(k.startswith("unet.") and (".lora_A." in k or ".lora_B." in k) for k in tensors)
     sd, report = lc.convert_peft_to_kohya(tensors, meta)
     assert report.alpha_source == "metadata" and set(report.scales.values()) == {2.0}
     assert len(report.modules) == len(_peft_deltas(unet)) > 20
@@ -217,7 +217,7 @@ def test_convert_ignores_other_components_and_refuses_unknown():
         lc.convert_peft_to_kohya({**sd, "unet.mid_block.attentions.0.proj_in.lora_magnitude_vector": torch.ones(8)})
     with pytest.raises(lc.AdapterFormatError, match="no lora_B"):
         lc.convert_peft_to_kohya({"unet.x.lora_A.weight": a})
-    with pytest.raises(lc.AdapterFormatError, match="no UNet LoRA keys"):
+    with pytest.raises(lc.AdapterFormatError, match="no LoRA keys for this part"):
         lc.convert_peft_to_kohya({k: v for k, v in sd.items() if k.startswith("text_encoder")})
 
 

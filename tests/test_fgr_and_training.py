@@ -131,6 +131,19 @@ def test_stage_training_keeps_earlier_stages_and_resumes_exactly(fgr, tmp_path):
         torch.testing.assert_close(a, b, msg=n)
 
 
+def test_stage0_dense_supervision_trains_decoder_but_stage0_stays_global(fgr, tmp_path):
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+
+    _train(fgr, tmp_path / "plain", 0, 2)
+    _train(fgr, tmp_path / "dense", 0, 2, extra=["--stage0_dense_weight", "1.0"])
+    plain = FinPercepRM.from_pretrained(tmp_path / "plain" / "model").state_dict()
+    dense = FinPercepRM.from_pretrained(tmp_path / "dense" / "model").state_dict()
+    dec = [k for k in plain if k.startswith("decoder.")]
+    assert dec and all(not torch.equal(plain[k], dense[k]) for k in dec if k.endswith("weight"))
+    m = FinPercepRM.from_pretrained(tmp_path / "dense" / "model", stage=0)
+    assert float(m(torch.rand(1, 3, 48, 48)).pdm.max()) == 0.0
+
+
 def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):
     """An oracle that reads M_gt must get AUROC 1 and a constant map 0.5: the metric measures."""
     ds = FGRDataset(fgr, "test")

@@ -49,6 +49,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--steps", default="400,150,150,150,300,300",
                    help="training steps of stages 0..N, comma-separated (the finest stages matter most)")
     p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--stage0_dense_weight", type=float, default=1.0,
+                   help="deep map supervision while training the stage-0 encoder (0 = global losses only)")
     p.add_argument("--crop", type=int, default=160, help="random training crop side")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip_export", action="store_true")
@@ -109,6 +111,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "--checkpointing_steps", "50", "--validation_steps", str(max(steps // 2, 1))]
             if init:
                 argv_s += ["--init", init]
+            else:
+                argv_s += ["--stage0_dense_weight", str(args.stage0_dense_weight)]
             train_reward.main(argv_s)
         init = str(out / "model")
     final = FinPercepRM.from_pretrained(init).eval()

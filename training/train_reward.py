@@ -69,6 +69,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--lambda_align", type=float, default=0.5)
     g.add_argument("--margin_sr", type=float, default=0.1, help="m1: S_syn - S_sr >= m1")
     g.add_argument("--margin_syn", type=float, default=0.1, help="m2: S_gt - S_syn >= m2")
+    g.add_argument("--stage0_dense_weight", type=float, default=0.0,
+                   help="stage 0: also train the encoder and every decoder level on the map losses (deep "
+                        "supervision, OURS). Stage 0 still outputs no map; later stages start from these levels")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
                    help="stage 0: target score of pristine GT (fixes the scale every later stage aligns to)")
     g = p.add_argument_group("bookkeeping")
@@ -101,6 +104,8 @@ def build_model(args: argparse.Namespace) -> FinPercepRM:
     model.requires_grad_(False)
     for prm in model.stage_parameters(args.stage):
         prm.requires_grad_(True)
+    if args.stage == 0 and args.stage0_dense_weight > 0:
+        model.decoder.requires_grad_(True)  # warm start of every map level; stage 0 itself has no map
     return model
 
 
@@ -125,20 +130,34 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     if stage == 0:
         terms["align"] = (s_gt - args.stage0_anchor).abs().mean()
         terms["loss"] = args.lambda_rank * terms["rank"] + args.lambda_align * terms["align"]
+        if args.stage0_dense_weight > 0:
+            all_logits = model.decode_all_logits(feats)
+            dense = [map_terms(model, lg, n, size, batch["mgt"], args) for lg in all_logits]
+            terms["dense"] = torch.stack([d["map_loss"] for d in dense]).mean()
+            terms["loss"] = terms["loss"] + args.stage0_dense_weight * terms["dense"]
         return terms
     with torch.no_grad():
         pooled0, c0 = model.modulated_sum(feats[-1][:n], None, size)
         s0_gt = model.score_from(pooled0 / c0, None, 0)
-    m_syn, m_gt_img, target = pdm[n:2 * n], pdm[:n], batch["mgt"]
-    terms["map"] = (m_syn - target).abs().mean()
-    logit_syn = F.interpolate(logits[n:2 * n], size=model._pad_size(size), mode="bilinear",
-                              align_corners=False)[..., : size[0], : size[1]]
-    terms["bce"] = F.binary_cross_entropy_with_logits(logit_syn, target)
-    terms["clean"] = m_gt_img.mean()
+    mt = map_terms(model, logits, n, size, batch["mgt"], args)
+    terms.update(map=mt["map"], bce=mt["bce"], clean=mt["clean"])
     terms["align"] = (s_gt - s0_gt).abs().mean()
-    terms["loss"] = (args.lambda_map * terms["map"] + args.lambda_bce * terms["bce"] + args.lambda_clean * terms["clean"]
-                     + args.lambda_rank * terms["rank"] + args.lambda_align * terms["align"])
+    terms["loss"] = mt["map_loss"] + args.lambda_rank * terms["rank"] + args.lambda_align * terms["align"]
     return terms
+
+
+def map_terms(model: FinPercepRM, logits: torch.Tensor, n: int, size: tuple[int, int], target: torch.Tensor,
+              args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Map losses of a ``[gt; syn; sr]`` batch's logits: L1 and BCE of ``M(I_syn)`` against ``M_gt``
+    and the L1 of ``M(I_gt)`` toward 0; ``map_loss`` is their weighted sum."""
+    up = F.interpolate(logits[: 2 * n], size=model._pad_size(size), mode="bilinear",
+                       align_corners=False)[..., : size[0], : size[1]]
+    m_gt_img, m_syn = torch.sigmoid(up[:n]), torch.sigmoid(up[n:])
+    out = {"map": (m_syn - target).abs().mean(),
+           "bce": F.binary_cross_entropy_with_logits(up[n:], target),
+           "clean": m_gt_img.mean()}
+    out["map_loss"] = args.lambda_map * out["map"] + args.lambda_bce * out["bce"] + args.lambda_clean * out["clean"]
+    return out
 
 
 @torch.no_grad()

@@ -189,6 +189,14 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             d = self.decoder[j](deep_first[j], d)
         return None if d is None else self.decoder[stage - 1].head(d)
 
+    def decode_all_logits(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Map logits of every stage 1..N in one pass (deep supervision during training)."""
+        d, out = None, []
+        for j, (level, skip) in enumerate(zip(self.decoder, feats[::-1])):
+            d = level(skip, d)
+            out.append(level.head(d))
+        return out
+
     @staticmethod
     def logits_to_map(logits: torch.Tensor, size: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
         """Upsample logits to the padded input size, crop to ``size`` and squash to [0, 1]."""

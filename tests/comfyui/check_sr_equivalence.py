@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -24,6 +25,60 @@ class _Collect(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
+
+
+SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+              block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+              up_block_types=["UpDecoderBlock2D"] * 4, sample_size=256)
+VAE_TARGETS = r".*(conv1|conv2|conv_in|conv_out|conv_shortcut)$"  # the trainer's VAE_ENCODER_TARGETS
+
+
+def check_vae_encoder_lora(base: Path) -> dict:
+    """The adapter's optional VAE-encoder part, written like the trainer's save_lora
+    (vae_encoder_lora.safetensors: 'vae.encoder.*' PEFT keys + lora_adapter_metadata), applied to a
+    ComfyUI SD VAE vs peft on the diffusers AutoencoderKL: same latent (mode)."""
+    import torch
+    import comfy.sd
+    from diffusers import AutoencoderKL
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    from comfyui_finpercep.sr import apply_vae_encoder_lora
+
+    torch.manual_seed(5)
+    vae = AutoencoderKL(**SD_VAE).eval()
+    comfy_vae = comfy.sd.VAE(sd={k: v.clone() for k, v in vae.state_dict().items()})
+    cfg = LoraConfig(r=4, lora_alpha=6, target_modules=VAE_TARGETS, init_lora_weights="gaussian")
+    inject_adapter_in_model(cfg, vae.encoder)
+    with torch.no_grad():
+        for n, p in vae.encoder.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    d = cfg.to_dict()
+    d = {k: sorted(v) if isinstance(v, set) else v for k, v in d.items()}
+    folder = base / "finpercep_ref" / "vae_lora"
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / "vae_encoder_lora.safetensors"
+    save_file({f"vae.encoder.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(vae.encoder).items()},
+              str(file), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(d)})
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(1, 64, 64, 3, generator=g)
+    with torch.no_grad():
+        ref = vae.encode(img.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+    patched, report = apply_vae_encoder_lora(comfy_vae, file, 1.0)
+    got = patched.encode(img).float()
+    base_again = comfy_vae.encode(img).float()
+    with torch.no_grad():
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for m in vae.encoder.modules():
+            if isinstance(m, BaseTunerLayer):
+                m.enable_adapters(False)
+        ref_base = vae.encode(img.movedim(-1, 1) * 2 - 1).latent_dist.mode()
+    rel = lambda x, y: float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))  # noqa: E731
+    got, base_again = got.detach(), base_again.detach()
+    return {"vae_modules": len(report.modules), "vae_rel_err_lora": rel(got, ref), "vae_rel_err_base": rel(base_again, ref_base),
+            "vae_rel_change": rel(got, base_again)}
 
 
 def main() -> None:
@@ -56,6 +111,14 @@ def main() -> None:
     adapter_file = base / "models" / "loras" / info["adapter"]
     patched, report, converted, base_model = apply_sr_adapter(model, adapter_file, 1.0)
     half, *_ = apply_sr_adapter(model, adapter_file, 0.5)
+    not_loaded = [m for m in logs.messages if "lora key not loaded" in m.lower()]
+    # Without the conversion, ComfyUI's own loader finds none of the PEFT 'unet.*' keys.
+    import comfy.lora
+
+    from comfyui_finpercep.lora_convert import read_adapter_file
+
+    raw, _ = read_adapter_file(adapter_file)
+    raw_loaded = len(comfy.lora.load_lora(raw, comfy.lora.model_lora_keys_unet(model.model, {}), log_missing=False))
 
     g = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 16, 16, generator=g)
@@ -83,6 +146,8 @@ def main() -> None:
     unet.set_adapters(["sr"], weights=[0.5])
     ref_half = ref_x0()
 
+    vae_res = check_vae_encoder_lora(Path(a.base))
+
     def rel(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
 
@@ -93,13 +158,16 @@ def main() -> None:
         "alpha_source": report.alpha_source,
         "scales": sorted(set(round(s, 6) for s in report.scales.values())),
         "base_model": base_model,
-        "lora_key_not_loaded": [m for m in logs.messages if "lora key not loaded" in m.lower()],
+        "lora_key_not_loaded": not_loaded,
+        "raw_peft_keys_loaded": raw_loaded,
+        "raw_attention_modules": len({k.rsplit(".lora_", 1)[0] for k in raw if re.search(r"\.to_(q|k|v|out)", k)}),
         "rel_err_base": rel(z0_base, ref_base),
         "rel_err_lora": rel(z0_lora, ref_lora),
         "rel_err_half": rel(z0_half, ref_half),
         "rel_change_lora": rel(z0_lora, z0_base),
         "rel_base_unchanged": rel(z0_base_again, z0_base),
         "finite": bool(torch.isfinite(z0_lora).all()),
+        **vae_res,
     }
     print(json.dumps(out))
 

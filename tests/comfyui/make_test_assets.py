@@ -72,6 +72,23 @@ def make_adapter(unet_kwargs: dict, out_dir: Path, seed: int, card_base: str) ->
     )
 
 
+def make_vae_encoder_lora(path: Path) -> None:
+    """An SD-VAE encoder LoRA as the trainer's save_lora writes it ('vae.encoder.*' keys + metadata)."""
+    import torch
+    from diffusers.models.autoencoders.vae import Encoder
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(6)
+    enc = Encoder(in_channels=3, out_channels=4, down_block_types=["DownEncoderBlock2D"] * 4,
+                  block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, double_z=True)
+    cfg = LoraConfig(r=4, lora_alpha=4, target_modules=r".*(conv1|conv2|conv_in|conv_out|conv_shortcut)$")
+    inject_adapter_in_model(cfg, enc)
+    d = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
+    save_file({f"vae.encoder.{k}": v.detach().contiguous() for k, v in get_peft_model_state_dict(enc).items()}, str(path),
+              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(d)})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--comfyui", required=True)
@@ -109,6 +126,8 @@ def main() -> None:
     torch.manual_seed(1)
     taesd = comfy.taesd.taesd.TAESD()
     _init(taesd)
+    with torch.no_grad():  # decode to mid-grey plus structure instead of mostly clamped black
+        taesd.taesd_decoder[-1].bias.fill_(0.5)
     ckpt.update({f"first_stage_model.{k}": v.contiguous() for k, v in taesd.state_dict().items()})
     # CLIP-L text encoder, random (ComfyUI's SD1 CLIP has a fixed CLIP-L architecture).
     torch.manual_seed(2)
@@ -125,10 +144,13 @@ def main() -> None:
     loras = base / "models" / "loras"
     make_adapter(TINY_UNET, loras / "finpercep_tiny_sr", 3, BASE_MODEL_ID)
     make_adapter({**TINY_UNET, "cross_attention_dim": 1024}, loras / "finpercep_tiny_sr_sd2", 4, "finpercep-test/tiny-sd2")
+    make_adapter(TINY_UNET, loras / "finpercep_tiny_sr_vae", 3, BASE_MODEL_ID)
+    make_vae_encoder_lora(loras / "finpercep_tiny_sr_vae" / "vae_encoder_lora.safetensors")
     info = {
         "checkpoint": ckpt_path.name,
         "adapter": "finpercep_tiny_sr/pytorch_lora_weights.safetensors",
         "adapter_other_base": "finpercep_tiny_sr_sd2/pytorch_lora_weights.safetensors",
+        "adapter_with_vae": "finpercep_tiny_sr_vae/pytorch_lora_weights.safetensors",
         "adapter_dir": str(loras / "finpercep_tiny_sr"),
         "ref_unet": str(ref / "unet"),
         "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA, "lora_targets": LORA_TARGETS,
