@@ -200,6 +200,10 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
             except ImageInputError as e:
                 raise input_error(node, "image", str(e), "pass an RGB image at least "
                                   f"{min_size}x{min_size} px") from e
+            except ValueError as e:
+                if "tile_overlap" in str(e):
+                    raise input_error(node, "tile_overlap", str(e), "make it smaller than the tile size, or -1") from e
+                raise
             scores.append(float(out.scores[0]))
             pdms.append(torch.from_numpy(out.pdms[0]))
             if overlays:

@@ -62,11 +62,11 @@ def artifact_photo(path: Path, size: int = 320, seed: int = 0) -> tuple[Path, tu
     """Save a photo with two pasted artifacts (a strongly blurred square and a noise square) to
     ``path``; returns ``(path, box)`` with the blurred square's ``(x0, y0, x1, y1)``."""
     img = Image.fromarray(_base_photo(size))
-    s = size // 4
-    box = (size // 8, size // 3, size // 8 + s, size // 3 + s)
+    s = size // 4  # both squares in the right half: the overlay side of the viewer's slider
+    box = (size * 9 // 16, size // 4, size * 9 // 16 + s, size // 4 + s)
     img.paste(img.crop(box).filter(ImageFilter.GaussianBlur(radius=max(2, s // 10))), box[:2])
     rng = np.random.default_rng(seed)
-    nbox = (size - size // 8 - s, size // 2, size - size // 8, size // 2 + s)
+    nbox = (size - size // 16 - s, size * 5 // 8, size - size // 16, size * 5 // 8 + s)
     patch = np.asarray(img.crop(nbox)).astype(np.float32) + rng.normal(0.0, 40.0, (s, s, 3))
     img.paste(Image.fromarray(np.clip(patch, 0, 255).astype(np.uint8)), nbox[:2])
     path = Path(path)
@@ -109,9 +109,10 @@ _OVERLAY_READY = """() => {
 
 
 def score_in_browser(url: str, image: Path, screenshot: Optional[Path] = None, timeout_s: float = 120.0,
-                     viewport: tuple[int, int] = (1360, 1180)) -> BrowserReport:
+                     viewport: tuple[int, int] = (1360, 1180), overlay_mode: Optional[str] = None) -> BrowserReport:
     """Open the viewer at ``url``, upload ``image`` in the Inspect tab, wait for the score and the
-    overlay, and optionally save a screenshot (shrunk under :data:`SCREENSHOT_MAX_BYTES`)."""
+    overlay, and optionally save a screenshot (shrunk under :data:`SCREENSHOT_MAX_BYTES`).
+    ``overlay_mode`` (``"weighted"`` / ``"uniform"``) is clicked in the page before the upload."""
     from playwright.sync_api import sync_playwright
 
     report = BrowserReport()
@@ -134,6 +135,8 @@ def score_in_browser(url: str, image: Path, screenshot: Optional[Path] = None, t
             file_input = page.locator("#input-image input[type=file]")
             file_input.wait_for(state="attached", timeout=ms)
             report.title = page.title()
+            if overlay_mode:
+                page.get_by_label(overlay_mode, exact=True).check()
             file_input.set_input_files(str(image))  # the upload event scores the image
             page.wait_for_function("() => (document.querySelector('#score')?.innerText || '').includes('Score ')",
                                    timeout=ms)
@@ -168,15 +171,16 @@ def _save_small_png(png: bytes, path: Path, max_bytes: int = SCREENSHOT_MAX_BYTE
     return path
 
 
-def take_screenshot(out: Path, config, image: Optional[Path] = None) -> Path:
+def take_screenshot(out: Path, config, image: Optional[Path] = None, overlay_mode: str = "uniform") -> Path:
     """Serve the viewer for ``config`` on a free local port, score a photo with pasted artifacts
-    (or ``image``) in headless Chromium and save the page to ``out`` (PNG under 300 KB)."""
+    (or ``image``) in headless Chromium and save the page to ``out`` (PNG under 300 KB). The
+    uniform overlay shows the whole map, faint values included."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="finpercep-shot-") as tmp:
         photo = image or artifact_photo(Path(tmp) / "photo_with_artifacts.png")[0]
         with running_app(config) as app:
-            report = score_in_browser(app.local_url, photo, screenshot=Path(out))
+            report = score_in_browser(app.local_url, photo, screenshot=Path(out), overlay_mode=overlay_mode)
     if report.page_errors:
         raise RuntimeError(f"the page reported errors: {report.page_errors}")
     return Path(out)
