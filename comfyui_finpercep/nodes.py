@@ -7,7 +7,6 @@ Errors a user sees name the node input and the fix.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Optional

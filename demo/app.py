@@ -38,7 +38,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CSS = """
 #score h3 { margin-top: 0; }
 #score { min-height: 7em; }
-footer { display: none !important; }
 """
 TILE_CHOICES = [("model default", "default"), ("never tile", "0"), "256", "512", "768", "1024"]
 
@@ -154,8 +153,9 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                 batch_out = gr.File(label="Downloads: batch.json, batch.csv", file_count="multiple", interactive=False,
                                     height=140)
 
-        gr.Markdown(f"<small>Limits of this viewer: {cfg.max_file_size} per upload, {cfg.max_pixels / 1e6:.0f} MP per image, "
-                    f"{cfg.max_batch} files per batch, {cfg.concurrency} job(s) at a time.</small>")
+        gr.Markdown(f"<small>Limits of this viewer: {cfg.max_file_size} per upload, {cfg.max_pixels / 1e6:.0f} MP "
+                    f"per image, {cfg.max_batch} files per batch, {cfg.concurrency} model job(s) at a time, "
+                    f"{cfg.queue_size} waiting.</small>")
 
         # ------------------------------------------------------------------ events
         def on_load(model_source, model_ref):
@@ -217,7 +217,8 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
 
 def launch(app: gr.Blocks, config: ViewerConfig, host: str = "127.0.0.1", port: Optional[int] = None,
            block: bool = True, quiet: bool = False) -> gr.Blocks:
-    """Queue and launch ``app`` with the safe defaults (no share link, upload cap, local fonts)."""
+    """Queue and launch ``app`` with the safe defaults: no share link, upload cap, queue limits,
+    no run history, only the examples folder served besides Gradio's own cache."""
     if host not in LOCAL_HOSTS:
         print(f"warning: binding {host}: anyone who can reach this address can use the viewer and load models "
               "from this machine's folders; use 127.0.0.1 unless the network is trusted", file=sys.stderr)
@@ -225,7 +226,8 @@ def launch(app: gr.Blocks, config: ViewerConfig, host: str = "127.0.0.1", port: 
     allowed = [str(config.examples_dir)] if config.examples_dir and Path(config.examples_dir).is_dir() else []
     app.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True, quiet=quiet,
                max_file_size=config.max_file_size, prevent_thread_lock=not block, ssr_mode=False,
-               allowed_paths=allowed, css=CSS, theme=gr.themes.Default(), footer_links=[])
+               allowed_paths=allowed, css=CSS, theme=gr.themes.Default(), footer_links=["api", "settings"],
+               run_history=False)  # no run history: it can offer to upload runs to a Hub bucket
     return app
 
 

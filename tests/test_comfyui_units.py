@@ -297,7 +297,7 @@ def _push_model(tmp_path, repo="user/finpercep-tiny"):
 
 
 def test_download_once_with_checksums(local_hub, tmp_path):
-    folder = _push_model(tmp_path)
+    _push_model(tmp_path)
     dest = tmp_path / "models" / "finpercep" / folder_name("user/finpercep-tiny")
     got = download_once("user/finpercep-tiny", dest, allow_patterns=["*.json", "*.safetensors", "*.md"])
     assert got == dest and (dest / "config.json").is_file() and (dest / "diffusion_pytorch_model.safetensors").is_file()

@@ -3,7 +3,7 @@ and check that each loads with every node known and converts back to exactly its
 optionally save screenshots. A manual developer check (needs `pip install playwright` and Debian's
 chromium; no browser download):
 
-    python tests/comfyui/check_ui_workflows.py http://127.0.0.1:PORT [--shots DIR] [--run NAME=IMAGE[,MODEL]]
+    python tests/comfyui/check_ui_workflows.py http://127.0.0.1:PORT [--shots DIR] [--run NAME=IMAGE[,MODEL]] [--width PX]
 
 --run queues workflow NAME from the editor with IMAGE (a file in ComfyUI's input/) in its Load Image
 node (and MODEL as the reward model choice), so its screenshot shows the outputs in the graph.
@@ -46,9 +46,24 @@ def main() -> int:
     url = sys.argv[1]
     shots = Path(sys.argv[sys.argv.index("--shots") + 1]) if "--shots" in sys.argv else None
     bad = 0
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/object_info", timeout=60) as r:
+        info = json.loads(r.read())
+
+    def declared(graph: dict) -> dict:
+        """Drop the editor-only widgets (e.g. Preview as Text's 'preview') that /object_info does not declare."""
+        out = {}
+        for nid, node in graph.items():
+            spec = info[node["class_type"]]["input"]
+            names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+            out[nid] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
+        return out
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1800, "height": 1000})
+        width = int(sys.argv[sys.argv.index("--width") + 1]) if "--width" in sys.argv else 1800
+        page = browser.new_page(viewport={"width": width, "height": max(1000, width * 9 // 20)})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(url, wait_until="networkidle", timeout=120_000)
@@ -72,7 +87,7 @@ def main() -> int:
                 }""",
                 ui,
             )
-            prompt = res["prompt"]
+            prompt = declared(res["prompt"])
             # compare by class type + literal inputs + link targets (node ids are renumbered)
             def canon(graph: dict) -> list:
                 ids = {}
@@ -111,7 +126,7 @@ def main() -> int:
                 page.wait_for_function(
                     "fetch('/queue').then(r => r.json()).then(q => q.queue_running.length + q.queue_pending.length === 0)",
                     timeout=300_000, polling=1000)
-                page.wait_for_timeout(2500)
+                page.wait_for_timeout(6000)
             if shots is not None:
                 page.evaluate(FIT)
                 page.wait_for_timeout(800)
