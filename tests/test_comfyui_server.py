@@ -323,6 +323,9 @@ def test_sr_matches_diffusers_and_no_key_is_skipped(comfy):
     # the optional VAE-encoder part of an adapter, on an SD VAE in ComfyUI vs peft on diffusers
     assert res["vae_modules"] > 20
     assert res["vae_rel_err_base"] < 1e-4 and res["vae_rel_err_lora"] < 1e-4 and res["vae_rel_change"] > 0.05, res
+    # the node's whole one-step SR == the trainer's onestep_sr (diffusers_ext.policies) on the same weights
+    assert res["sr_shape"] == [1, 32, 48, 3] and res["sr_ref_std"] > 0.01
+    assert res["sr_max_abs_err"] < 2e-3, res
 
 
 # ------------------------------------------------------------------------------------ Hub and errors

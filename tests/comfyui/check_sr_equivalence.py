@@ -33,6 +33,31 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block
 VAE_TARGETS = r".*(conv1|conv2|conv_in|conv_out|conv_shortcut)$"  # the trainer's VAE_ENCODER_TARGETS
 
 
+def check_full_one_step_sr(model, info: dict) -> dict:
+    """The node's whole one-step SR (ComfyUI MODEL + SD VAE) vs the trainer's own forward,
+    diffusers_ext.policies.diffusion.onestep_sr, on the same weights: same pixels."""
+    import torch
+    import comfy.sd
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from comfyui_finpercep.sr import one_step_sr
+    from diffusers_ext.policies.diffusion import onestep_sr
+
+    torch.manual_seed(7)
+    vae = AutoencoderKL(**SD_VAE).eval()
+    comfy_vae = comfy.sd.VAE(sd={k: v.clone() for k, v in vae.state_dict().items()})
+    unet = UNet2DConditionModel.from_pretrained(info["ref_unet"]).eval()
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    g = torch.Generator().manual_seed(2)
+    lr = torch.rand(1, 16, 24, 3, generator=g)
+    ctx = torch.randn(1, 77, 768, generator=g) * 0.5
+    with torch.no_grad():
+        ref = onestep_sr(vae, unet, sched.alphas_cumprod, "epsilon", lr.movedim(-1, 1), ctx, scale=2, timestep=999)
+    got = one_step_sr(model, comfy_vae, lr, 2.0, 999, [[ctx, {}]])
+    ref = ref.movedim(1, -1)
+    return {"sr_shape": list(got.shape), "sr_max_abs_err": float((got - ref).abs().max()), "sr_ref_std": float(ref.std())}
+
+
 def check_vae_encoder_lora(base: Path) -> dict:
     """The adapter's optional VAE-encoder part, written like the trainer's save_lora
     (vae_encoder_lora.safetensors: 'vae.encoder.*' PEFT keys + lora_adapter_metadata), applied to a
@@ -147,6 +172,7 @@ def main() -> None:
     ref_half = ref_x0()
 
     vae_res = check_vae_encoder_lora(Path(a.base))
+    sr_res = check_full_one_step_sr(model, info)
 
     def rel(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
@@ -168,6 +194,7 @@ def main() -> None:
         "rel_base_unchanged": rel(z0_base_again, z0_base),
         "finite": bool(torch.isfinite(z0_lora).all()),
         **vae_res,
+        **sr_res,
     }
     print(json.dumps(out))
 
