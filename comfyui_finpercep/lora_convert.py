@@ -2,7 +2,9 @@
 
 Our adapters are diffusers LoRA folders (DESIGN.md §3): ``pytorch_lora_weights.safetensors`` with
 PEFT keys such as ``unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight``
-and the PEFT ``LoraConfig`` in the safetensors metadata (``lora_adapter_metadata``). ComfyUI's LoRA
+(or diffusers' names ``...to_q.lora.down.weight`` / ``.lora.up.weight``, which the trainer's
+``save_lora`` writes through ``convert_state_dict_to_diffusers``) and the PEFT ``LoraConfig`` in the
+safetensors metadata (``lora_adapter_metadata``). ComfyUI's LoRA
 loader maps kohya names (``lora_unet_<diffusers module, dots as underscores>``) and
 ``diffusion_model.*`` names on SD UNets, but silently skips PEFT ``unet.*.lora_A`` keys ("lora key
 not loaded"). :func:`convert_peft_to_kohya` rewrites them as::
@@ -33,7 +35,12 @@ VAE_LORA_WEIGHT_NAME = "vae_encoder_lora.safetensors"  # optional VAE-encoder pa
 METADATA_KEY = "lora_adapter_metadata"
 UNET_PREFIXES = ("unet.", "base_model.model.")
 _OTHER_PREFIXES = ("text_encoder.", "text_encoder_2.", "vae.", "transformer.")
-_PEFT_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_magnitude_vector|alpha)(?:\.(?P<name>weight|bias|default))?$")
+_PEFT_KEY = re.compile(
+    r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora\.down|lora\.up|lora_linear_layer\.down|lora_linear_layer\.up"
+    r"|lora_magnitude_vector|alpha)(?:\.(?P<name>weight|bias|default))?$"
+)
+# diffusers' own names (convert_state_dict_to_diffusers, which the trainer's save_lora applies) -> PEFT's
+_KIND = {"lora.down": "lora_A", "lora.up": "lora_B", "lora_linear_layer.down": "lora_A", "lora_linear_layer.up": "lora_B"}
 
 
 class AdapterFormatError(ValueError):
@@ -159,10 +166,11 @@ def convert_peft_to_kohya(
         m = _PEFT_KEY.match(body)
         if m is None:
             raise AdapterFormatError(
-                f"key {key!r} is not a PEFT LoRA key (expected '<unet module>.lora_A.weight' / '.lora_B.weight'); "
+                f"key {key!r} is not a LoRA key (expected '<unet module>.lora_A.weight' / '.lora_B.weight' or "
+                "'.lora.down.weight' / '.lora.up.weight'); "
                 "save the adapter with diffusers' save_lora_weights or unet.save_lora_adapter"
             )
-        kind = m["kind"]
+        kind = _KIND.get(m["kind"], m["kind"])
         if kind == "lora_magnitude_vector":
             raise AdapterFormatError(f"key {key!r} belongs to a DoRA adapter, which the converter does not support")
         if m["name"] == "bias":

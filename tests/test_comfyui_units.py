@@ -192,6 +192,24 @@ def test_convert_save_lora_adapter_format(tmp_path):
     assert _match(_peft_deltas(unet), _kohya_deltas(sd)) < 1e-6
 
 
+def test_convert_diffusers_names_as_the_trainer_saves_them(tmp_path):
+    """The trainer's save_lora passes the PEFT state dict through convert_state_dict_to_diffusers:
+    'unet.<module>.lora.down.weight' / '.lora.up.weight' keys, metadata as usual."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    unet, cfg = _peft_unet(r=4, alpha=8)
+    StableDiffusionPipeline.save_lora_weights(
+        str(tmp_path), unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)),
+        unet_lora_adapter_metadata=cfg.to_dict(), safe_serialization=True)
+    tensors, meta = lc.read_adapter_file(tmp_path / lc.LORA_WEIGHT_NAME)
+    assert any(k.endswith(".lora.down.weight") for k in tensors)  # (convs may keep lora_A: both are handled)
+    sd, report = lc.convert_peft_to_kohya(tensors, meta)
+    assert set(report.scales.values()) == {2.0}
+    assert _match(_peft_deltas(unet), _kohya_deltas(sd)) < 1e-6
+
+
 def test_convert_without_metadata_uses_scale_one_like_diffusers(tmp_path):
     unet, cfg = _peft_unet(r=4, alpha=8)
     tensors, meta = lc.read_adapter_file(_save_pipeline_format(unet, cfg, tmp_path, metadata=False))
@@ -211,7 +229,7 @@ def test_convert_ignores_other_components_and_refuses_unknown():
                         "lora_unet_mid_block_attentions_0_proj_in.lora_up.weight",
                         "lora_unet_mid_block_attentions_0_proj_in.alpha"}
     assert report.ignored_prefixes == {"text_encoder.": 2} and "text_encoder" in report.summary()
-    with pytest.raises(lc.AdapterFormatError, match="not a PEFT LoRA key"):
+    with pytest.raises(lc.AdapterFormatError, match="not a LoRA key"):
         lc.convert_peft_to_kohya({"unet.conv_in.weight": a})
     with pytest.raises(lc.AdapterFormatError, match="DoRA"):
         lc.convert_peft_to_kohya({**sd, "unet.mid_block.attentions.0.proj_in.lora_magnitude_vector": torch.ones(8)})

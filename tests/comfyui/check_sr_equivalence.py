@@ -33,29 +33,48 @@ SD_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block
 VAE_TARGETS = r".*(conv1|conv2|conv_in|conv_out|conv_shortcut)$"  # the trainer's VAE_ENCODER_TARGETS
 
 
-def check_full_one_step_sr(model, info: dict) -> dict:
-    """The node's whole one-step SR (ComfyUI MODEL + SD VAE) vs the trainer's own forward,
-    diffusers_ext.policies.diffusion.onestep_sr, on the same weights: same pixels."""
+def check_trainer_adapter_end_to_end(model, info: dict, base: Path) -> dict:
+    """An adapter written by the trainer itself (OneStepSDPolicy.add_lora(vae_encoder=True) +
+    save_lora: UNet part and VAE-encoder part) on the tiny UNet and an SD VAE. The ComfyUI path
+    (Load SR Adapter's conversion + One-step SR) must give the trainer's own SR output (policy forward,
+    i.e. diffusers_ext.policies.diffusion.onestep_sr), without and with the adapter."""
     import torch
     import comfy.sd
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from comfyui_finpercep.sr import one_step_sr
-    from diffusers_ext.policies.diffusion import onestep_sr
+    from comfyui_finpercep.sr import apply_sr_adapter, apply_vae_encoder_lora, one_step_sr
+    from diffusers_ext.policies import OneStepSDPolicy
 
     torch.manual_seed(7)
     vae = AutoencoderKL(**SD_VAE).eval()
     comfy_vae = comfy.sd.VAE(sd={k: v.clone() for k, v in vae.state_dict().items()})
     unet = UNet2DConditionModel.from_pretrained(info["ref_unet"]).eval()
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                          clip_sample=False, timestep_spacing="trailing")
     g = torch.Generator().manual_seed(2)
     lr = torch.rand(1, 16, 24, 3, generator=g)
     ctx = torch.randn(1, 77, 768, generator=g) * 0.5
+    policy = OneStepSDPolicy(vae, unet, sched, prompt_embeds=ctx, scale=2, timestep=999).eval()
     with torch.no_grad():
-        ref = onestep_sr(vae, unet, sched.alphas_cumprod, "epsilon", lr.movedim(-1, 1), ctx, scale=2, timestep=999)
-    got = one_step_sr(model, comfy_vae, lr, 2.0, 999, [[ctx, {}]])
-    ref = ref.movedim(1, -1)
-    return {"sr_shape": list(got.shape), "sr_max_abs_err": float((got - ref).abs().max()), "sr_ref_std": float(ref.std())}
+        ref_base = policy(lr.movedim(-1, 1))["images"].movedim(1, -1)
+    got_base = one_step_sr(model, comfy_vae, lr, 2.0, 999, [[ctx, {}]])
+    policy.add_lora(rank=4, alpha=8, vae_encoder=True, vae_rank=4, vae_alpha=2)
+    with torch.no_grad():
+        for n, p in list(policy.unet.named_parameters()) + list(policy.vae.encoder.named_parameters()):
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    folder = base / "finpercep_ref" / "trainer_adapter"
+    policy.save_lora(folder)
+    with torch.no_grad():
+        ref = policy(lr.movedim(-1, 1))["images"].movedim(1, -1)
+    patched, report, _, _ = apply_sr_adapter(model, folder / "pytorch_lora_weights.safetensors", 1.0)
+    vae_patched, vae_report = apply_vae_encoder_lora(comfy_vae, folder / "vae_encoder_lora.safetensors", 1.0)
+    got = one_step_sr(patched, vae_patched, lr, 2.0, 999, [[ctx, {}]])
+    d = lambda x, y: float((x.detach() - y.detach()).abs().max())  # noqa: E731
+    return {"sr_shape": list(got.shape), "sr_base_max_abs_err": d(got_base, ref_base), "sr_max_abs_err": d(got, ref),
+            "sr_adapter_change": d(ref, ref_base), "sr_ref_std": float(ref.std()),
+            "trainer_unet_modules": len(report.modules), "trainer_vae_modules": len(vae_report.modules),
+            "trainer_files": sorted(p.name for p in folder.iterdir())}
 
 
 def check_vae_encoder_lora(base: Path) -> dict:
@@ -172,7 +191,7 @@ def main() -> None:
     ref_half = ref_x0()
 
     vae_res = check_vae_encoder_lora(Path(a.base))
-    sr_res = check_full_one_step_sr(model, info)
+    sr_res = check_trainer_adapter_end_to_end(model, info, Path(a.base))
 
     def rel(x: torch.Tensor, y: torch.Tensor) -> float:
         return float((x - y).abs().max() / y.abs().max().clamp_min(1e-12))
