@@ -141,3 +141,45 @@ def test_transformers_backbone_from_config():
     out = model(torch.rand(1, 3, 64, 64))
     assert out.pdm.shape == (1, 1, 64, 64) and model.num_stages == 4
     assert model.encoder.strides == [4, 8, 16, 32]
+
+
+def test_loading_refuses_pickles_and_explains_corrupt_or_mismatched_folders(tmp_path, tiny_model):
+    import json
+    import shutil
+
+    good = tmp_path / "good"
+    tiny_model.save_pretrained(good)
+    weights = good / "diffusion_pytorch_model.safetensors"
+
+    cut = tmp_path / "cut"
+    shutil.copytree(good, cut)
+    data = weights.read_bytes()
+    (cut / weights.name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="corrupt or truncated"):
+        FinPercepRM.from_pretrained(cut)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(good, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    cfg["decoder_channels"] = 12
+    (edited / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="config.json does not match the weights"):
+        FinPercepRM.from_pretrained(edited)
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(good / "config.json", pickled)
+    torch.save(tiny_model.state_dict(), pickled / "diffusion_pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors only"):
+        FinPercepRM.from_pretrained(pickled)
+    trusted = FinPercepRM.from_pretrained(pickled, use_safetensors=False)  # explicit opt-in still works
+    assert trusted.num_stages == tiny_model.num_stages
+
+
+def test_hub_file_names_cannot_escape_the_repository():
+    from diffusers_ext.hub import check_relative_filename
+
+    assert check_relative_filename("sub/model.safetensors") == "sub/model.safetensors"
+    for bad in ("../secret", "a/../../b", "/etc/passwd", "..\\x", "C:/x"):
+        with pytest.raises(ValueError, match="relative path inside the repository"):
+            check_relative_filename(bad)

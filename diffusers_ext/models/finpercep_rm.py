@@ -127,6 +127,39 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         self.register_to_config(num_stages=n, stage=n if stage is None else stage)
         self._check_stage(self.config.stage)
 
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained`` with safetensors only by default (a pickled ``.bin`` is
+        refused unless ``use_safetensors=False`` is passed explicitly) and errors that name the
+        folder, the problem and the fix."""
+        if kwargs.get("use_safetensors") is None:  # diffusers' pipeline loader passes None through
+            kwargs["use_safetensors"] = True
+        where = str(pretrained_model_name_or_path)
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as e:
+            if "expected shape" in str(e) or "size mismatch" in str(e):
+                raise ValueError(
+                    f"{where}: config.json does not match the weights ({e}). The folder was edited or mixes "
+                    "two models; re-save it with save_pretrained, or restore its original config.json"
+                ) from e
+            raise
+        except OSError as e:
+            msg = str(e)
+            if "no file named diffusion_pytorch_model.safetensors" in msg:
+                raise OSError(
+                    f"{where} has no diffusion_pytorch_model.safetensors. FinPercep loads safetensors only by "
+                    "default; a pickled .bin can run code when loaded. Convert it once, or pass "
+                    "use_safetensors=False if you trust the file"
+                ) from e
+            if "Unable to load weights" in msg:
+                raise OSError(
+                    f"{where}: the weights file is corrupt or truncated (an interrupted download or copy?); "
+                    "download or save the model again"
+                ) from e
+            raise
+
     # ------------------------------------------------------------------ stages
     @property
     def num_stages(self) -> int:
