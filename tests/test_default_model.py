@@ -1,8 +1,8 @@
 """The bundled default reward model: it loads with no download, every stage works, and it does its
 job on real photos: it finds local defects pasted into a test-split photo and scores the damaged
 image lower, also for a kind of defect (colour posterization) that is in none of the training data.
-Known failure, reported in the README instead of tested: it rates Real-ESRGAN's over-smoothed
-"GAN look" on the astronaut example above the grainy clean photo."""
+Known weakness, reported in the README instead of tested: its map flags the film grain of the clean
+astronaut photo more than Real-ESRGAN's over-smoothed "GAN look" of the same scene."""
 from __future__ import annotations
 
 import cv2
@@ -61,10 +61,10 @@ def test_finds_a_pasted_defect_and_scores_it_lower(pipe, clean, kind):
 
 
 def test_an_artifact_kind_unseen_in_training_still_registers(pipe, clean):
-    """Colour posterization is in none of the training operators: the map must still rise where it
-    is and the score must drop (README reports how weakly: this is a floor, not a target)."""
-    pdm_clean, pdm, scores, inside = _paste_and_score(pipe, clean, "posterize")
-    assert pdm[inside].mean() > pdm[~inside].mean() and pdm[inside].mean() > pdm_clean[inside].mean()
+    """Colour posterization is in none of the training operators: in the damaged image the map must
+    be higher where it is than elsewhere, and the score must drop (README reports how weakly)."""
+    _, pdm, scores, inside = _paste_and_score(pipe, clean, "posterize")
+    assert pdm[inside].mean() > 1.5 * pdm[~inside].mean()
     assert scores[1] < scores[0]
 
 
