@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusers_ext.hub import resolve_model_dir  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
-from training.metrics import evaluate_stage, format_table  # noqa: E402
+from training.metrics import evaluate_stages, format_table  # noqa: E402
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = FinPercepRM.from_pretrained(resolve_model_dir(args.model)).eval()
     stages = range(model.num_stages + 1) if args.stages == "all" else [int(s) for s in args.stages.split(",")]
     data = FGRDataset(args.data, args.split, limit=args.limit)
-    rows = {str(k): evaluate_stage(model, data, k, progress=True) for k in stages}
+    rows = evaluate_stages(model, data, stages)
     print(format_table(rows, args.split))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -78,6 +78,11 @@ def evaluate_stage(model, dataset, stage: int, batch_size: int = 8, device: str 
     return res
 
 
+def evaluate_stages(model, dataset, stages, progress: bool = True) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_stage` for each of ``stages``, keyed by the stage number as a string."""
+    return {str(k): evaluate_stage(model, dataset, k, progress=progress) for k in stages}
+
+
 def format_table(rows: dict[str, dict[str, float]], split: Optional[str] = None) -> str:
     """A markdown table of ``{name: figures}``."""
     cols = ["pdm_auroc", "map_l1", "triplet_acc", "pair_acc", "score_gt", "score_syn", "score_sr"]

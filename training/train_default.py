@@ -32,7 +32,7 @@ from training import train_reward  # noqa: E402
 from training.checkpointing import atomic_write_dir  # noqa: E402
 from training.data.build_fgr import build  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
-from training.metrics import evaluate_stage, format_table  # noqa: E402
+from training.metrics import evaluate_stages, format_table  # noqa: E402
 
 RESULTS = ROOT / "training" / "results"
 
@@ -118,9 +118,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         init = str(out / "model")
     final = FinPercepRM.from_pretrained(init).eval()
     test = FGRDataset(args.data, "test")
-    rows = {}
-    for stage in range(final.num_stages + 1):
-        rows[f"{stage}"] = evaluate_stage(final, test, stage, progress=True)
+    rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")
     minutes = (time.time() - t0) / 60
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -121,10 +121,7 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     stage = args.stage
     feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
     size = tuple(x.shape[-2:])
-    logits = model.decode_logits(feats, stage)
-    pdm = None if logits is None else model.logits_to_map(logits, size, model._pad_size(size))
-    total, count = model.modulated_sum(feats[-1], pdm, size)
-    score = model.score_from(total / count, pdm, stage)
+    score, _, logits = model.predict(feats, size, stage)
     s_gt, s_syn, s_sr = score[:n], score[n:2 * n], score[2 * n:]
     terms = {"rank": ranking_loss(s_gt, s_syn, s_sr, args.margin_sr, args.margin_syn)}
     if stage == 0:
@@ -150,8 +147,7 @@ def map_terms(model: FinPercepRM, logits: torch.Tensor, n: int, size: tuple[int,
               args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """Map losses of a ``[gt; syn; sr]`` batch's logits: L1 and BCE of ``M(I_syn)`` against ``M_gt``
     and the L1 of ``M(I_gt)`` toward 0; ``map_loss`` is their weighted sum."""
-    up = F.interpolate(logits[: 2 * n], size=model._pad_size(size), mode="bilinear",
-                       align_corners=False)[..., : size[0], : size[1]]
+    up = model.upsample_logits(logits[: 2 * n], size)
     m_gt_img, m_syn = torch.sigmoid(up[:n]), torch.sigmoid(up[n:])
     out = {"map": (m_syn - target).abs().mean(),
            "bce": F.binary_cross_entropy_with_logits(up[n:], target),

@@ -196,9 +196,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ parts
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.encoder.max_stride
         h, w = x.shape[-2:]
-        ph, pw = (-h) % s, (-w) % s
+        hp, wp = self._pad_size((h, w))
+        ph, pw = hp - h, wp - w
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, [0, pw, 0, ph], mode=mode)
@@ -230,11 +230,14 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             out.append(level.head(d))
         return out
 
-    @staticmethod
-    def logits_to_map(logits: torch.Tensor, size: tuple[int, int], padded: tuple[int, int]) -> torch.Tensor:
-        """Upsample logits to the padded input size, crop to ``size`` and squash to [0, 1]."""
-        up = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
-        return torch.sigmoid(up[..., : size[0], : size[1]])
+    def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Map logits upsampled to the padded input size and cropped to the image ``size``."""
+        up = F.interpolate(logits, size=self._pad_size(size), mode="bilinear", align_corners=False)
+        return up[..., : size[0], : size[1]]
+
+    def logits_to_map(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The PDM in [0, 1] at the image ``size`` from decoder-resolution logits."""
+        return torch.sigmoid(self.upsample_logits(logits, size))
 
     def modulated_sum(self, top: torch.Tensor, pdm: Optional[torch.Tensor], size: tuple[int, int],
                       owned: Optional[tuple[slice, slice]] = None) -> tuple[torch.Tensor, int]:
@@ -261,6 +264,15 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             pooled = torch.cat([pooled, self.map_stats(pdm)], dim=1)
         return self.score_heads[stage](pooled)
 
+    def predict(self, feats: list[torch.Tensor], size: tuple[int, int], stage: int
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Score, map (``None`` at stage 0) and map logits of ``stage`` from encoder features of
+        images of ``size``: everything :meth:`forward` does after :meth:`encode`."""
+        logits = self.decode_logits(feats, stage)
+        pdm = None if logits is None else self.logits_to_map(logits, size)
+        total, count = self.modulated_sum(feats[-1], pdm, size)
+        return self.score_from(total / count, pdm, stage), pdm, logits
+
     # ------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, stage: Optional[int] = None, return_dict: bool = True):
         """Score ``images`` (``Bx3xHxW`` in [0, 1]). Differentiable end to end.
@@ -268,12 +280,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         Returns :class:`FinPercepRMOutput` (or ``(score, pdm)`` when ``return_dict=False``)."""
         stage = self.stage if stage is None else self._check_stage(stage)
         size = tuple(images.shape[-2:])
-        feats = self.encode(images)
-        padded = self._pad_size(size)
-        logits = self.decode_logits(feats, stage)
-        pdm = None if logits is None else self.logits_to_map(logits, size, padded)
-        total, count = self.modulated_sum(feats[-1], pdm, size)
-        score = self.score_from(total / count, pdm, stage)
+        score, pdm, logits = self.predict(self.encode(images), size, stage)
         if pdm is None:
             pdm = images.new_zeros(images.shape[0], 1, *size)
         if not return_dict:

@@ -130,7 +130,7 @@ class FinPercepRewardPipeline(DiffusionPipeline):
                 th, tw = crop.shape[-2:]
                 feats = model.encode(crop)
                 logits = model.decode_logits(feats, stage)
-                pdm = None if logits is None else model.logits_to_map(logits, (th, tw), model._pad_size((th, tw)))
+                pdm = None if logits is None else model.logits_to_map(logits, (th, tw))
                 nh, nw = -(-th // s), -(-tw // s)
                 own = (owned_cells(ys, iy, tile, s, nh), owned_cells(xs, ix, tile, s, nw))
                 part, n = model.modulated_sum(feats[-1], pdm, (th, tw), owned=own)
