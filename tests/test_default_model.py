@@ -5,13 +5,13 @@ Known weakness, reported in the README instead of tested: its map flags the film
 astronaut photo more than Real-ESRGAN's over-smoothed "GAN look" of the same scene."""
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from diffusers_ext import FinPercepRewardPipeline
 from diffusers_ext.hub import DEFAULT_MODEL_DIR
+from training.probe_defects import paste_and_score
 
 EXAMPLES = DEFAULT_MODEL_DIR.parent.parent / "examples"
 
@@ -37,24 +37,9 @@ def test_bundled_model_is_small_safetensors_with_all_stages(pipe):
     assert rm.config.backbone == "efficientnet_lite0" and rm.num_stages == 5 and rm.stage == 5
 
 
-def _damage(img: np.ndarray, kind: str, box: tuple[int, int, int, int]) -> np.ndarray:
-    y0, y1, x0, x1 = box
-    out = img.copy()
-    patch = img[y0:y1, x0:x1]
-    if kind == "blur":
-        patch = cv2.GaussianBlur(patch, (0, 0), 3.0)
-    elif kind == "jpeg":
-        ok, enc = cv2.imencode(".jpg", (patch * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 5])
-        patch = cv2.imdecode(enc, cv2.IMREAD_UNCHANGED).astype(np.float32) / 255
-    elif kind == "posterize":  # not an operator of the training data
-        patch = np.round(patch * 3) / 3
-    out[y0:y1, x0:x1] = patch
-    return out
-
-
 @pytest.mark.parametrize("kind", ["blur", "jpeg"])
 def test_finds_a_pasted_defect_and_scores_it_lower(pipe, clean, kind):
-    pdm_clean, pdm, scores, inside = _paste_and_score(pipe, clean, kind)
+    pdm_clean, pdm, scores, inside = paste_and_score(pipe, clean, kind)
     assert pdm[inside].mean() > 2.0 * pdm[~inside].mean(), (kind, pdm[inside].mean(), pdm[~inside].mean())
     assert pdm[inside].mean() > pdm_clean[inside].mean() + 0.1
     assert scores[1] < scores[0], (kind, scores)
@@ -63,17 +48,9 @@ def test_finds_a_pasted_defect_and_scores_it_lower(pipe, clean, kind):
 def test_an_artifact_kind_unseen_in_training_still_registers(pipe, clean):
     """Colour posterization is in none of the training operators: in the damaged image the map must
     be higher where it is than elsewhere, and the score must drop (README reports how weakly)."""
-    _, pdm, scores, inside = _paste_and_score(pipe, clean, "posterize")
+    _, pdm, scores, inside = paste_and_score(pipe, clean, "posterize")
     assert pdm[inside].mean() > 1.5 * pdm[~inside].mean()
     assert scores[1] < scores[0]
-
-
-def _paste_and_score(pipe, clean, kind):
-    box = (200, 330, 40, 170)  # the suit, the flag, the helmet: textured, edged content
-    out = pipe([clean, _damage(clean, kind, box)], output_overlays=False)
-    inside = np.zeros(out.pdms[1].shape, bool)
-    inside[box[0]:box[1], box[2]:box[3]] = True
-    return out.pdms[0], out.pdms[1], out.scores, inside
 
 
 def test_every_stage_loads_and_stage_zero_has_no_map(clean):
