@@ -1,26 +1,26 @@
 """Reward-model cost on this machine, side by side with a global IQA of the paper's kind.
 
-    python benchmarks/bench_reward.py [--sizes 256,512,1024] [--repeats 5] [--out BENCHMARKS_reward.md]
+    python benchmarks/bench_reward.py                                   # CPU: 256..2048 px, batch 1 and 8
+    python benchmarks/bench_reward.py --device cuda --dtype bf16 --sizes 512 --batches 1,8,32   # GPU table
 
 Measures, in one process and one run (our machines are noisy: medians, and ratios against the
 peer measured right beside each row):
-- images/s of the bundled FinPercep-RM at stage 0 (global only) and stage 5 (score + full map),
-  against a CLIP ResNet-50 image tower of CLIP-IQA's shape (random init: cost only);
+- images/s and peak memory of the bundled FinPercep-RM at every curriculum stage (stage 0: global
+  score only; stages 1..N: score + map of growing resolution), against a CLIP ResNet-50 image tower
+  of CLIP-IQA's shape (random init: cost only, no weights needed), on the same inputs;
 - FLOPs per image (``torch.utils.flop_counter``) and achieved GFLOP/s against this machine's
-  measured float32 matmul peak;
-- a 4096 x 4096 photo through the tiled pipeline in a fresh subprocess: wall time and peak RSS.
-Prints a markdown report (and writes it with ``--out``).
+  measured matmul peak;
+- (CPU) a 4096 x 4096 photo through the tiled pipeline in a fresh subprocess: wall time, peak RSS.
+Peak memory per row: CPU, the process's resident-set peak above its level before the row
+(``benchmarks/common.py``); CUDA, the allocator's peak above its level before the row.
+Prints a markdown report (and writes it with ``--out``; ``--json`` for the raw rows).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,32 +28,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
 from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone  # noqa: E402
+from diffusers_ext.hub import resolve_model_dir  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    s = median_seconds(lambda: a @ b, repeats)
-    return 2 * n**3 / s / 1e9
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PEER = "CLIP-RN50 global (peer)"
 
 
 class ClipIQAGlobal(torch.nn.Module):
@@ -81,53 +62,96 @@ print(json.dumps({"seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSA
 """
 
 
+def stage_name(k: int, n: int) -> str:
+    return "FinPercep-RM stage 0 (global)" if k == 0 else f"FinPercep-RM stage {k} (score + map 1/{2 ** (n - k + 1)})"
+
+
+def tiled_4096() -> dict:
+    proc = subprocess.run([sys.executable, "-c", TILED_SCRIPT, str(ROOT)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="256,512,1024")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default=None, help="reward model folder or Hub id (default: the bundled model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    ap.add_argument("--sizes", default="256,512,1024,2048")
     ap.add_argument("--batches", default="1,8")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--max_pixels_batch", type=int, default=8 * 512 * 512, help="skip larger batch x size")
+    ap.add_argument("--stages", default="all", help="comma-separated stages, or 'all'")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per row (median), after one warm-up")
+    ap.add_argument("--big_pixels", type=int, default=4 * 1024 * 1024,
+                    help="rows with more pixels per call than this are timed once (after the warm-up)")
     ap.add_argument("--skip_tiled", action="store_true")
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
+    ap.add_argument("--json", type=Path, default=None, help="write the raw rows here")
     args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device")
+    dtype = DTYPES[args.dtype]
     torch.set_grad_enabled(False)
-    rm = FinPercepRM.from_pretrained(str(ROOT / "diffusers_ext" / "default")).eval()
-    peer = ClipIQAGlobal().eval()
-    peak = matmul_peak()
-    lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
-        f"torch {torch.__version__}; float32 matmul peak measured here: {peak:.1f} GFLOP/s.",
-        "",
-        "| size | batch | model | images/s | ms/image | GFLOP/image | GFLOP/s | cost vs CLIP-RN50 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    rm = FinPercepRM.from_pretrained(str(resolve_model_dir(args.model))).eval().to(device, dtype)
+    peer = ClipIQAGlobal().eval().to(device, dtype)
+    n = rm.num_stages
+    stages = list(range(n + 1)) if args.stages == "all" else [int(s) for s in args.stages.split(",")]
+    peak = matmul_peak(device, dtype)
+    rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
+        x1 = torch.rand(1, 3, size, size, device=device, dtype=dtype)
+        models = {PEER: peer, **{stage_name(k, n): (lambda x, k=k: rm(x, stage=k)) for k in stages}}
+        with torch.inference_mode():
+            gflop = {name: flops(lambda: m(x1)) / 1e9 for name, m in models.items()}
         for batch in [int(b) for b in args.batches.split(",")]:
-            if batch * size * size > args.max_pixels_batch and batch > 1:
-                continue
-            x = torch.rand(batch, 3, size, size)
+            x = torch.rand(batch, 3, size, size, device=device, dtype=dtype)
+            repeats = 1 if batch * size * size > args.big_pixels else args.repeats
+            secs, mem = {}, {}
             with torch.inference_mode():
-                runs = {
-                    "CLIP-RN50 global (peer)": lambda: peer(x),
-                    "FinPercep-RM stage 0 (global)": lambda: rm(x, stage=0),
-                    "FinPercep-RM stage 5 (score + map)": lambda: rm(x, stage=5),
-                }
-                secs = {k: median_seconds(f, args.repeats) for k, f in runs.items()}
-            fl = {k: flops(f) / batch / 1e9 for k, f in runs.items()}
-            base = secs["CLIP-RN50 global (peer)"]
-            for k, s in secs.items():
-                lines.append(f"| {size} | {batch} | {k} | {batch / s:.2f} | {1000 * s / batch:.0f} | {fl[k]:.2f} | "
-                             f"{fl[k] * batch / s:.1f} | {s / base:.2f}x |")
-            print(lines[-1], file=sys.stderr)
-    if not args.skip_tiled:
-        proc = subprocess.run([sys.executable, "-c", TILED_SCRIPT, str(ROOT)], capture_output=True, text=True, check=True)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of 768, overlap 64, stage 5): "
-                      f"{r['seconds']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB (whole process, model included)."]
+                for name, m in models.items():
+                    try:
+                        with PeakMemory(device) as pm:
+                            m(x)  # warm-up call, measured for memory
+                        mem[name] = pm.mb
+                        secs[name] = median_seconds(lambda: m(x), repeats, device, warmup=0)
+                    except (torch.OutOfMemoryError, RuntimeError) as exc:  # e.g. CPU allocation failure
+                        if "memory" not in str(exc).lower():
+                            raise
+                        secs[name], mem[name] = float("nan"), float("inf")
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+            for name in models:
+                s = secs[name]
+                rows.append({"size": size, "batch": batch, "model": name, "seconds": s, "images_per_s": batch / s,
+                             "gflop_per_image": gflop[name], "gflops": gflop[name] * batch / s,
+                             "peak_mb": mem[name], "cost_vs_peer": s / secs[PEER], "repeats": repeats})
+                r = rows[-1]
+                print(f"{size} b{batch} {name}: {r['images_per_s']:.2f} img/s, peak {r['peak_mb']:.0f} MB, "
+                      f"{r['cost_vs_peer']:.2f}x", file=sys.stderr)
+    lines = [f"Machine: {machine(device)}; dtype {args.dtype}; {args.dtype} matmul peak measured here: "
+             f"{peak:.1f} GFLOP/s. Median of {args.repeats} timed runs after a warm-up (rows above "
+             f"{args.big_pixels / 2**20:.0f} Mpx per call: 1 timed run).", "",
+             "| size | batch | model | images/s | ms/image | GFLOP/image | GFLOP/s | peak memory (MB) | cost vs CLIP-RN50 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['batch']} | {r['model']} | {r['images_per_s']:.2f} | "
+                     f"{1000 * r['seconds'] / r['batch']:.0f} | {r['gflop_per_image']:.2f} | {r['gflops']:.1f} | "
+                     f"{r['peak_mb']:.0f} | {r['cost_vs_peer']:.2f}x |")
+    tiled = None
+    if not args.skip_tiled and device.type == "cpu":
+        tiled = tiled_4096()
+        lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of {rm.config.tile_size}, overlap "
+                      f"{rm.config.tile_overlap}, stage {n}): {tiled['seconds']:.1f} s, peak RSS "
+                      f"{tiled['peak_rss_mb']:.0f} MB (whole process, model included)."]
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(device), "matmul_peak_gflops": peak, "rows": rows,
+                                         "tiled_4096": tiled}, indent=1))
     return 0
 
 

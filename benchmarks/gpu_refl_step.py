@@ -26,15 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_policy(device, dtype, gradient_checkpointing: bool):
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from training.ccl.components import full_size_policy
 
-    from diffusers_ext.policies import OneStepSDPolicy
-    from training.ccl.components import sd21_unet_config, sd_vae_config
-
-    unet = UNet2DConditionModel(**sd21_unet_config())
-    vae = AutoencoderKL(**sd_vae_config())
-    sched = DDPMScheduler(num_train_timesteps=1000, timestep_spacing="trailing", clip_sample=False)
-    policy = OneStepSDPolicy(vae, unet, sched, torch.zeros(1, 77, 1024), scale=4).add_lora(8, 8)
+    policy = full_size_policy("onestep")
     if gradient_checkpointing:
         policy.enable_gradient_checkpointing()
     policy.to(device)

@@ -166,7 +166,8 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
 
     if not isinstance(handle, RewardModelHandle):
         raise input_error(node, "reward_model", f"got {type(handle).__name__}", "connect the output of 'FinPercep Load Reward Model'")
-    image = _check_image(node, "image" if node != "FinPercep Best of N" else "images", image)
+    image_input = "image" if node != "FinPercep Best of N" else "images"
+    _check_image(node, image_input, image)  # gray / RGB / RGBA: image_io makes RGB (alpha over white), as everywhere
     pipe = handle.load()
     model = pipe.reward_model
     if stage >= 0 and stage > model.num_stages:
@@ -175,7 +176,7 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
     b, h, w, _ = image.shape
     min_size = int(model.config.min_size)
     if min(h, w) < min_size:
-        raise input_error(node, "image" if node != "FinPercep Best of N" else "images",
+        raise input_error(node, image_input,
                           f"{w}x{h} px is below the reward model's minimum of {min_size} px per side",
                           f"upscale it first (e.g. the 'Upscale Image' node) to at least {min_size}x{min_size} px")
     if tile_size > 0 and tile_overlap >= 0 and tile_overlap >= tile_size:
@@ -193,12 +194,14 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
         for i in range(b):
             mm.throw_exception_if_processing_interrupted()
             before = bar.count
-            x = image[i:i + 1].permute(0, 3, 1, 2).float().clamp(0, 1)
+            x = image[i:i + 1].permute(0, 3, 1, 2)
+            if x.is_floating_point():  # clip overshoot (e.g. bicubic ringing) as ComfyUI's Save Image does;
+                x = torch.where(torch.isfinite(x), x.clamp(0, 1), x)  # NaN / inf / dtypes: image_io decides
             try:
                 out = pipe(x, **kwargs)
             except ImageInputError as e:
-                raise input_error(node, "image", str(e), "pass an RGB image at least "
-                                  f"{min_size}x{min_size} px") from e
+                raise input_error(node, image_input, f"batch item {i} of {b}: {e}",
+                                  "fix the node that produced it: IMAGE values must be finite floats in [0, 1]") from e
             except ValueError as e:
                 if "tile_overlap" in str(e):
                     raise input_error(node, "tile_overlap", str(e), "make it smaller than the tile size, or -1") from e
@@ -372,7 +375,7 @@ class BestOfN(io.ComfyNode):
         from diffusers_ext.rewards import RewardConfig, fused_reward
 
         node = "FinPercep Best of N"
-        images = _check_image(node, "images", images)
+        rgb = _check_image(node, "images", images)
         scores, pdm, _, used = score_batch(node, reward_model, images, -1, tile_size, -1, overlays=False)
         cfg = RewardConfig(lambda_global=1.0, lambda_pdm=float(pdm_weight), softmax="topk", top_fraction=float(worst_fraction))
         terms = fused_reward(torch.from_numpy(scores), pdm if used > 0 else None, cfg)
@@ -382,7 +385,7 @@ class BestOfN(io.ComfyNode):
         text = "\n".join(f"{'*' if i == best else ' '} candidate {i}: reward {float(rewards[i]):.4f} "
                          f"(score {float(scores[i]):.4f}, worst-region PDM {float(terms.pdm_penalty[i]):.3f})"
                          for i in range(len(scores)))
-        return io.NodeOutput(images[best:best + 1].clone(), best, [float(r) for r in rewards], images[order].clone(),
+        return io.NodeOutput(rgb[best:best + 1].clone(), best, [float(r) for r in rewards], rgb[order].clone(),
                              ui=ui.PreviewText(f"best: candidate {best} of {len(scores)}\n{text}"))
 
 

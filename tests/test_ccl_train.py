@@ -159,3 +159,19 @@ def test_onestep_push_to_local_hub_then_load_back(assets, tmp_path, local_hub): 
     pipe.load_lora_weights("user/osr-lora")  # downloaded from the local Hub server
     got = pipe(lr, output_type="pt").images[0]
     assert torch.allclose(got, ref, atol=1e-5)
+
+
+def test_parameter_sharding_is_refused_before_any_work():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    def acc(kind, stage=None):
+        plugin = SimpleNamespace(zero_stage=stage) if stage is not None else None
+        return SimpleNamespace(distributed_type=kind, state=SimpleNamespace(deepspeed_plugin=plugin))
+
+    for ok in (acc(DistributedType.NO), acc(DistributedType.MULTI_GPU), acc(DistributedType.DEEPSPEED, 2)):
+        ccl_lora.check_sharding(ok)
+    for bad, name in ((acc(DistributedType.FSDP), "FSDP"), (acc(DistributedType.DEEPSPEED, 3), "ZeRO-3")):
+        with pytest.raises(SystemExit, match=name + ".*ZeRO stage 1/2"):
+            ccl_lora.check_sharding(bad)

@@ -282,6 +282,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
         log_with=report_to,
         project_config=ProjectConfiguration(project_dir=str(args.output_dir), logging_dir=str(args.output_dir / "logs")))
+    check_sharding(accelerator)
     set_seed(args.seed)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -380,6 +381,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                disable=not accelerator.is_local_main_process)
     policy_ddp.train()
     t0 = time.time()
+    logger.info("training steps %d -> %d", start_step, args.max_train_steps)
     for step in range(start_step, args.max_train_steps):
         stage = tracker.stage
         rcfg = tracker.reward_config()
@@ -462,6 +464,21 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def check_sharding(accelerator: Any) -> None:
+    """Refuse parameter sharding (FSDP, DeepSpeed ZeRO-3) before any work: the adapter is written from
+    the main process's own copy of the LoRA weights, which sharding would leave partial. DDP and
+    DeepSpeed ZeRO-1/2 keep full parameters on every process and are fine."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    zero3 = kind == DistributedType.DEEPSPEED and getattr(
+        getattr(accelerator.state, "deepspeed_plugin", None), "zero_stage", 0) == 3
+    if kind == DistributedType.FSDP or zero3:
+        raise SystemExit(f"{'DeepSpeed ZeRO-3' if zero3 else 'FSDP'} shards the parameters, and the LoRA export "
+                         "reads the full adapter on the main process: use DDP (--multi_gpu) or DeepSpeed ZeRO "
+                         "stage 1/2 (the LoRA adapter is small; sharding it saves little)")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

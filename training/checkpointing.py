@@ -2,7 +2,9 @@
 
 * :func:`save_checkpoint`: ``accelerator.save_state`` into ``checkpoint-<step>.tmp``, extra JSON
   files, a ``COMPLETE`` marker, then one rename. A crash (even SIGKILL) mid-write leaves the previous
-  checkpoint the latest one; :func:`list_checkpoints` only lists complete ones.
+  checkpoint the latest one; :func:`list_checkpoints` only lists complete ones. Old checkpoints are
+  renamed to ``checkpoint-<step>.old`` before they are deleted (never listed half-deleted); the next
+  :func:`save_checkpoint` sweeps ``.tmp`` / ``.old`` leftovers of a crash.
 * :func:`atomic_write_dir`: write a folder (a model, a LoRA adapter) into ``<name>.tmp``, rename it
   to ``<name>.ready``, then swap it in for ``<name>``; :func:`recover_dir` repairs the one window in
   which ``<name>`` is briefly absent, so a finished folder is never lost.
@@ -42,7 +44,11 @@ def atomic_write_dir(folder: Path, write: Callable[[Path], Any]) -> Path:
     tmp, ready, old = (folder.with_name(folder.name + s) for s in (".tmp", ".ready", ".old"))
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    write(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # ``folder`` is untouched; a SIGKILL leaves tmp to recover_dir
+        raise
     shutil.rmtree(ready, ignore_errors=True)
     os.replace(tmp, ready)
     if folder.exists():
@@ -56,6 +62,24 @@ def atomic_write_dir(folder: Path, write: Callable[[Path], Any]) -> Path:
 def atomic_save_model(model: Any, folder: Path) -> None:
     """``save_pretrained`` into a temporary sibling, then swap it in: never a half-written model."""
     atomic_write_dir(Path(folder), lambda tmp: model.save_pretrained(tmp))
+
+
+def _discard(path: Path) -> None:
+    """Delete a checkpoint folder so that no crash can leave it half-deleted under its listed name:
+    rename it to ``<name>.old`` (never listed) first, then remove that."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(path.name + ".old")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sweep_stale(ckpt_root: Path) -> None:
+    """Remove what a crashed writer left: ``checkpoint-<step>.tmp`` (half written) and ``.old`` (half deleted)."""
+    for stale in list(ckpt_root.glob("checkpoint-*.tmp")) + list(ckpt_root.glob("checkpoint-*.old")):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -102,7 +126,7 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, limit: int,
     tmp = ckpt_root / f"checkpoint-{step}.tmp"
     if accelerator.is_main_process:
         ckpt_root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        _sweep_stale(ckpt_root)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
@@ -111,9 +135,9 @@ def save_checkpoint(accelerator, ckpt_root: Path, step: int, limit: int,
             (tmp / name).write_text(json.dumps(obj, indent=1))
         (tmp / STEP_FILE).write_text(json.dumps({"step": step}))
         (tmp / COMPLETE).write_text("ok")
-        shutil.rmtree(final, ignore_errors=True)
+        _discard(final)
         os.replace(tmp, final)
         for old in list_checkpoints(ckpt_root)[:-limit] if limit else []:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
     accelerator.wait_for_everyone()
     return final

@@ -54,6 +54,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(stage 0 itself stays map-free; 0 = global losses only)")
     p.add_argument("--crop", type=int, default=160, help="random training crop side")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="where the test figures (default_model.json / .md) go")
     p.add_argument("--skip_export", action="store_true")
     return p.parse_args(argv)
 
@@ -121,9 +123,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")
     minutes = (time.time() - t0) / 60
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "default_model.json").write_text(json.dumps({"test": rows, "train_minutes": minutes}, indent=2))
-    (RESULTS / "default_model.md").write_text(table)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "default_model.json").write_text(json.dumps({"test": rows, "train_minutes": minutes}, indent=2))
+    (args.results / "default_model.md").write_text(table)
     print(table)
     if not args.skip_export:
         final.set_stage(final.num_stages)

@@ -225,6 +225,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.stage > 0:
         raw.encoder.eval()  # frozen encoder: BatchNorm statistics stay those of stage 0
     history: list[dict] = []
+    logger.info("training steps %d -> %d", start_step, args.max_steps)
     for step in range(start_step, args.max_steps):
         batch = collate([train_set[key] for key in next(batches)])
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}

@@ -1,6 +1,6 @@
 """The three-arm experiment of issue 3 §4, one command, on the CPU:
 
-    python -m training.ccl.experiment --out runs/ccl_experiment          # bundled reward model
+    python -m training.ccl.experiment --out runs/ccl_experiment --seeds 0,1   # bundled reward model
 
 Arms (same policy, data, budget, optimizer; only the reward schedule differs):
   global  the global reward only (RM_0, λ2 = 0) for all steps
@@ -9,8 +9,13 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
 *test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE, and
-the share of pixels a judge reward model flags. Writes ``results.json``, ``results.md``,
-``examples.png`` and each arm's ``monitor.png`` under ``--out``. Rerunning resumes unfinished arms.
+the score and flagged-pixel share of an *independent judge*: a second reward model trained by the
+same recipe with another seed on its own FGR data (``--judge_model``; trained first with
+``python -m training.train_default --seed 1`` into ``runs/judge_rm`` when missing). Every arm runs
+once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
+``results.json``, ``results.md`` (mean and range over seeds), ``examples.png`` (first seed),
+``curves.png`` (validation curves of every arm) and each run's ``monitor.png`` under ``--out``.
+Rerunning resumes unfinished runs.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_JUDGE = ROOT / "runs" / "judge_rm" / "export"
 
 
 def schedules(n: int, steps: int) -> dict[str, dict]:
@@ -45,7 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "ccl_experiment")
     p.add_argument("--reward_model", default=None, help="default: the bundled model")
-    p.add_argument("--judge_model", default=None, help="default: the reward model")
+    p.add_argument("--judge_model", default=str(DEFAULT_JUDGE),
+                   help="independent judge reward model; the default one is trained first when missing "
+                        "('same' = the reward model itself, not independent)")
     p.add_argument("--judge_stage", type=int, default=None, help="default: the finest stage")
     p.add_argument("--arms", default="global,full,ccl")
     p.add_argument("--net", default="realesr-animevideov3-x4")
@@ -59,12 +67,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--test_images", type=int, default=16)
     p.add_argument("--photo_sources", default="mate,plasma,opencv,skimage")
     p.add_argument("--num_threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated: every arm runs once per seed")
+    p.add_argument("--eval_seed", type=int, default=99, help="seed of the fixed test crops")
+    args = p.parse_args(argv)
+    args.seed_list = [int(x) for x in args.seeds.split(",") if x]
+    if args.judge_model == "same":
+        args.judge_model = None
+    return args
 
 
-def run_arm(arm: str, sched: dict, args: argparse.Namespace) -> float:
-    out = args.out / arm
+def ensure_judge(args: argparse.Namespace) -> None:
+    """Train the default independent judge (seed 1, own FGR data) when it is missing."""
+    if args.judge_model is None or Path(args.judge_model).is_dir() or Path(args.judge_model) != DEFAULT_JUDGE:
+        return
+    print(f"training the independent judge into {DEFAULT_JUDGE.parent} (python -m training.train_default --seed 1)",
+          file=sys.stderr)
+    runs = DEFAULT_JUDGE.parent
+    subprocess.run([sys.executable, "-m", "training.train_default", "--seed", "1", "--data", str(ROOT / "data" / "fgr_seed1"),
+                    "--runs", str(runs), "--export", str(DEFAULT_JUDGE), "--results", str(runs / "results")],
+                   check=True, cwd=str(ROOT))
+
+
+def run_dir(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    return args.out / f"seed{seed}" / arm
+
+
+def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float:
+    out = run_dir(args, arm, seed)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "result.json").is_file() and (out / "lora").is_dir():
         return json.loads((out / "result.json").read_text())["seconds"]
@@ -75,7 +104,7 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace) -> float:
            "--learning_rate", str(args.learning_rate), "--lora_rank", str(args.lora_rank),
            "--validation_steps", str(args.validation_steps), "--validation_images", str(args.validation_images),
            "--checkpointing_steps", "50", "--resume_from_checkpoint", "latest", "--photo_sources", args.photo_sources,
-           "--seed", str(args.seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
+           "--seed", str(seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
     for flag in ("reward_model", "judge_model", "judge_stage"):
         if getattr(args, flag) is not None:
             cmd += [f"--{flag}", str(getattr(args, flag))]
@@ -86,7 +115,7 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace) -> float:
 
 
 @torch.no_grad()
-def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict:
+def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int, seed: int, examples: bool) -> dict:
     from diffusers_ext.policies import FeedForwardSRPolicy
     from diffusers_ext.rewards import RewardConfig
     from training.ccl.data import SRPairSampler, load_photos
@@ -100,26 +129,30 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict:
     sources = [s for s in args.photo_sources.split(",") if s]
     photos = load_photos("test", sources, min_side=args.hr_size)
     base = FeedForwardSRPolicy.from_pretrained(args.net).eval()
-    lr, hr = SRPairSampler(photos, args.hr_size, base.scale, "mix", seed=args.seed + 99).fixed_batch(args.test_images)
+    lr, hr = SRPairSampler(photos, args.hr_size, base.scale, "mix", seed=args.eval_seed).fixed_batch(args.test_images)
     final = RewardConfig(lambda_global=1.0, lambda_pdm=1.0)
-    mon = Monitor(lr, hr, rm, final, n_stages, judge=judge, judge_stage=jstage)
+    # a pixel is "flagged" when the judge's map there exceeds what it gives 99 % of the HR pixels
+    threshold = float(torch.quantile(judge(hr, stage=jstage).pdm.flatten(), 0.99)) if jstage > 0 else 0.5
+    mon = Monitor(lr, hr, rm, final, n_stages, judge=judge, judge_stage=jstage, flag_threshold=threshold)
     rows, images = {}, {}
     for arm in ["base", *arms]:
-        policy = base if arm == "base" else FeedForwardSRPolicy.from_pretrained(args.net).load_lora(args.out / arm / "lora").eval()
+        policy = base if arm == "base" else FeedForwardSRPolicy.from_pretrained(args.net).load_lora(
+            run_dir(args, arm, seed) / "lora").eval()
         sr = mon.sr_images(policy, dev)
         images[arm] = sr
         m = mon.image_metrics(sr, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
         rows[arm] = {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
                      "s_globalN": rm(sr, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
                      "brisque": m["brisque"], "judge_flagged": m.get("judge_flagged", float("nan")),
-                     "judge_score": m["judge_score"]}
+                     "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
     hr_terms = mon.image_metrics(hr, RewardConfig(), 0)
     rows["hr (reference)"] = {"reward_final": hr_terms["reward_final"], "s_global0": hr_terms["s_global0"],
                               "s_globalN": rm(hr, stage=n_stages).score.mean().item(), "psnr": float("inf"), "ssim": 1.0,
                               "brisque": hr_terms["brisque"], "judge_flagged": hr_terms.get("judge_flagged", float("nan")),
-                              "judge_score": hr_terms["judge_score"]}
-    save_examples(lr, hr, images, args.out / "examples.png", base.scale)
-    return {"rows": rows, "test_images": len(lr), "judge_stage": jstage, "n_stages": n_stages,
+                              "judge_pdm": hr_terms.get("judge_pdm", float("nan")), "judge_score": hr_terms["judge_score"]}
+    if examples:
+        save_examples(lr, hr, images, args.out / "examples.png", base.scale)
+    return {"rows": rows, "test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
             "test_photos": sorted({p.id for p in photos})}
 
 
@@ -141,6 +174,48 @@ def save_examples(lr, hr, images: dict, path: Path, scale: int, n: int = 4) -> N
     sheet.save(path)
 
 
+KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "judge_score", "judge_pdm", "judge_flagged"]
+
+
+def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, min and max over seeds of every metric of every arm."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    first = next(iter(per_seed.values()))["rows"]
+    for arm in first:
+        out[arm] = {}
+        for k in KEYS:
+            vals = [float(r["rows"][arm][k]) for r in per_seed.values()]
+            out[arm][k] = {"mean": float(np.mean(vals)), "min": min(vals), "max": max(vals)}
+    return out
+
+
+def format_results(agg: dict, n_seeds: int) -> str:
+    lines = ["| arm | " + " | ".join(KEYS) + " |", "| --- |" + " --- |" * len(KEYS)]
+    for arm, row in agg.items():
+        cells = []
+        for k in KEYS:
+            m = row[k]
+            cells.append(f"{m['mean']:.4f}" + (f" ({m['min']:.3f}..{m['max']:.3f})"
+                                               if n_seeds > 1 and m["max"] > m["min"] else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> None:
+    """Validation curves of every arm and seed in one PNG, from their ``monitor.jsonl``."""
+    from training.ccl.monitor import plot_curves
+
+    runs = {}
+    for arm in arms:
+        for seed in args.seed_list:
+            log = run_dir(args, arm, seed) / "monitor.jsonl"
+            if log.is_file():
+                runs[f"{arm} seed {seed}"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+    plot_curves([], path, keys=["reward_final", "psnr", "ssim", "brisque", "judge_score", "judge_pdm"], runs=runs,
+                title=f"validation curves of every arm (judge: {'independent model' if args.judge_model else 'same model'}"
+                      "; lower is better for brisque and judge_pdm)")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
@@ -148,22 +223,24 @@ def main(argv=None) -> dict:
     from training.ccl_lora import load_reward_model
 
     args.out.mkdir(parents=True, exist_ok=True)
+    ensure_judge(args)
     n = load_reward_model(args.reward_model, torch.device("cpu")).num_stages
     arms = [a for a in args.arms.split(",") if a]
     sch = schedules(n, args.steps)
-    seconds = {arm: run_arm(arm, sch[arm], args) for arm in arms}
-    res = evaluate(args, arms, n)
-    res.update({"seconds": seconds, "schedules": {a: sch[a] for a in arms}, "args": {k: str(v) for k, v in vars(args).items()}})
-    for arm in arms:
-        r = json.loads((args.out / arm / "result.json").read_text())
-        res.setdefault("switches", {})[arm] = r["switches"]
+    seconds = {f"{arm}/seed{seed}": run_arm(arm, sch[arm], args, seed) for seed in args.seed_list for arm in arms}
+    per_seed = {seed: evaluate(args, arms, n, seed, examples=i == 0) for i, seed in enumerate(args.seed_list)}
+    agg = aggregate(per_seed)
+    res = {"mean_over_seeds": agg, "per_seed": per_seed, "seconds": seconds, "schedules": {a: sch[a] for a in arms},
+           "args": {k: str(v) for k, v in vars(args).items()}}
+    for seed in args.seed_list:
+        for arm in arms:
+            r = json.loads((run_dir(args, arm, seed) / "result.json").read_text())
+            res.setdefault("switches", {})[f"{arm}/seed{seed}"] = r["switches"]
     (args.out / "results.json").write_text(json.dumps(res, indent=1))
-    keys = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "judge_flagged", "judge_score"]
-    lines = ["| arm | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
-    for arm, row in res["rows"].items():
-        lines.append(f"| {arm} | " + " | ".join(f"{row[k]:.4f}" for k in keys) + " |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = format_results(agg, len(args.seed_list))
+    (args.out / "results.md").write_text(table)
+    plot_arm_curves(args, arms, args.out / "curves.png")
+    print(table)
     return res
 
 

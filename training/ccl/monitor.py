@@ -129,6 +129,7 @@ class Monitor:
             j = self.judge(sr.to(jdev), stage=self.judge_stage)
             rec["judge_score"] = j.score.mean().item()
             if (self.judge_stage if self.judge_stage is not None else self.judge.stage) > 0:
+                rec["judge_pdm"] = j.pdm.mean().item()
                 rec["judge_flagged"] = (j.pdm > self.flag_threshold).float().mean().item()
         return rec
 
@@ -140,33 +141,43 @@ _COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches: Sequence[dict] = (),
                 keys: Optional[Sequence[str]] = None, train_history: Sequence[dict[str, float]] = (),
-                title: str = "FinPercep CCL ReFL monitor") -> Path:
+                title: str = "FinPercep CCL ReFL monitor", runs: Optional[dict[str, Sequence[dict]]] = None) -> Path:
     """One panel per metric (value over step), dashed lines at the CCL stage switches. ``train_history``
-    (per-step ``reward``) is drawn faintly in the ``reward`` panel. Writes a PNG; returns its path."""
+    (per-step ``reward``) is drawn faintly in the ``reward`` panel. ``runs`` (label -> history) draws
+    several runs into the same panels, one colour per run with a legend (``history`` is then ignored).
+    Writes a PNG; returns its path."""
     from PIL import Image, ImageDraw, ImageFont
 
+    runs = dict(runs) if runs else {"": history}
+    every = [h for hist in runs.values() for h in hist]
     keys = list(keys or [k for k in ("reward", "score", "pdm_penalty", "reward_final", "s_global0", "psnr", "ssim",
-                                     "brisque", "judge_score", "judge_flagged")
-                         if any(k in h for h in history)])
+                                     "brisque", "judge_score", "judge_pdm", "judge_flagged")
+                         if any(k in h for h in every)])
     cols = 3
     rows = max(1, math.ceil(len(keys) / cols))
     pw, ph, pad = 330, 200, 44
-    img = Image.new("RGB", (cols * pw, rows * ph + 30), "white")
+    top = 30 if len(runs) == 1 else 46
+    img = Image.new("RGB", (cols * pw, rows * ph + top), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     d.text((8, 8), title, fill="black", font=font)
-    steps_all = [h["step"] for h in history] + [h["step"] for h in train_history]
+    if len(runs) > 1:
+        for j, label in enumerate(runs):
+            d.rectangle([8 + j * 150, 28, 20 + j * 150, 36], fill=_COLORS[j % len(_COLORS)])
+            d.text((24 + j * 150, 26), label, fill="black", font=font)
+    steps_all = [h["step"] for h in every] + [h["step"] for h in train_history]
     s_lo, s_hi = (min(steps_all), max(steps_all)) if steps_all else (0.0, 1.0)
     if s_hi == s_lo:
         s_hi = s_lo + 1
     for i, key in enumerate(keys):
-        ox, oy = (i % cols) * pw, 30 + (i // cols) * ph
+        ox, oy = (i % cols) * pw, top + (i // cols) * ph
         x0, y0, x1, y1 = ox + pad, oy + 20, ox + pw - 12, oy + ph - 24
         d.rectangle([x0, y0, x1, y1], outline=(180, 180, 180))
         d.text((ox + pad, oy + 4), key, fill="black", font=font)
-        series = [(h["step"], h[key]) for h in history if key in h and np.isfinite(h[key])]
+        series = {label: [(h["step"], h[key]) for h in hist if key in h and np.isfinite(h[key])]
+                  for label, hist in runs.items()}
         faint = [(h["step"], h[key]) for h in train_history if key in h and np.isfinite(h[key])]
-        vals = [v for _, v in series + faint]
+        vals = [v for pts in series.values() for _, v in pts] + [v for _, v in faint]
         if not vals:
             continue
         lo, hi = min(vals), max(vals)
@@ -182,12 +193,13 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
                 d.line([sx, yy, sx, min(yy + 3, y1)], fill=(120, 120, 120))
         if len(faint) > 1:
             d.line([xy(s, v) for s, v in faint], fill=(200, 200, 230), width=1)
-        color = _COLORS[i % len(_COLORS)]
-        if len(series) > 1:
-            d.line([xy(s, v) for s, v in series], fill=color, width=2)
-        for s, v in series:
-            cx, cy = xy(s, v)
-            d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
+        for j, pts in enumerate(series.values()):
+            color = _COLORS[(i if len(runs) == 1 else j) % len(_COLORS)]
+            if len(pts) > 1:
+                d.line([xy(s, v) for s, v in pts], fill=color, width=2)
+            for s, v in pts:
+                cx, cy = xy(s, v)
+                d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
         d.text((ox + 2, y0), f"{hi:.4g}", fill=(90, 90, 90), font=font)
         d.text((ox + 2, y1 - 10), f"{lo:.4g}", fill=(90, 90, 90), font=font)
         d.text((x0, y1 + 4), f"{s_lo:g}", fill=(90, 90, 90), font=font)

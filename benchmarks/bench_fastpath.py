@@ -1,0 +1,126 @@
+"""Before/after numbers for the reward model's fast-path options, measured side by side.
+
+    python benchmarks/bench_fastpath.py                                  # CPU, fp32 baseline vs the rest
+    python benchmarks/bench_fastpath.py --device cuda --batches 1,8,32   # GPU: adds fp16
+
+Variants of the bundled model at its finest stage (score + full map), each against the same
+baseline (eager, float32, NCHW, ``torch.inference_mode``) in one run:
+- ``autograd on``: the same forward with gradients recorded (what ``inference_mode`` saves);
+- ``channels_last``: model and input in channels-last memory format;
+- ``bf16`` / ``fp16``: weights and input in half precision (fp16 on CUDA only);
+- ``torch.compile``: default mode, compile time reported separately;
+- ``channels_last + compile``.
+Each variant's score and map are compared with the baseline's (max abs difference), so a faster
+variant that changes the answer shows it. Prints a markdown table; ``--out`` / ``--json`` write it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import PeakMemory, machine, median_seconds, sync  # noqa: E402
+from diffusers_ext.hub import resolve_model_dir  # noqa: E402
+from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
+
+
+def variants(device: torch.device, compile_: bool) -> dict[str, dict]:
+    v = {"baseline (eager fp32, inference_mode)": {},
+         "autograd on (no inference_mode)": {"grad": True},
+         "channels_last": {"cl": True},
+         "bf16 weights + input": {"dtype": torch.bfloat16}}
+    if device.type == "cuda":
+        v["fp16 weights + input"] = {"dtype": torch.float16}
+        v["channels_last + fp16"] = {"cl": True, "dtype": torch.float16}
+    if compile_:
+        v["torch.compile"] = {"compile": True}
+        v["channels_last + torch.compile"] = {"cl": True, "compile": True}
+    return v
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--model", default=None, help="reward model folder or Hub id (default: the bundled model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no_compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no CUDA device")
+    base_model = FinPercepRM.from_pretrained(str(resolve_model_dir(args.model))).eval().to(device)
+    stage = base_model.num_stages
+    rows = []
+    for batch in [int(b) for b in args.batches.split(",")]:
+        x0 = torch.rand(batch, 3, args.size, args.size, device=device, generator=torch.Generator(device).manual_seed(0))
+        ref = None
+        for name, v in variants(device, not args.no_compile).items():
+            model = copy.deepcopy(base_model)
+            x = x0
+            dtype = v.get("dtype", torch.float32)
+            model.to(dtype)
+            x = x.to(dtype)
+            if v.get("cl"):
+                model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+            fwd = (lambda m: (lambda t: m(t, stage=stage, return_dict=False)))(model)
+            compile_s = float("nan")
+            if v.get("compile"):
+                fwd = torch.compile(fwd)
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    fwd(x)
+                sync(device)
+                compile_s = time.perf_counter() - t
+            ctx = torch.enable_grad if v.get("grad") else torch.inference_mode
+            with ctx():
+                with PeakMemory(device) as pm:
+                    score, pdm = fwd(x)
+                s = median_seconds(lambda: fwd(x), args.repeats, device, warmup=0)
+            score, pdm = score.detach().float(), pdm.detach().float()
+            if ref is None:
+                ref = (score, pdm)
+            rows.append({"batch": batch, "variant": name, "seconds": s, "images_per_s": batch / s, "peak_mb": pm.mb,
+                         "compile_s": compile_s, "score_diff": (score - ref[0]).abs().max().item(),
+                         "map_diff": (pdm - ref[1]).abs().max().item()})
+            rows[-1]["speedup"] = rows[-len(rows) + [r["batch"] for r in rows].index(batch)]["seconds"] / s
+            print(f"b{batch} {name}: {batch / s:.2f} img/s ({rows[-1]['speedup']:.2f}x), peak {pm.mb:.0f} MB",
+                  file=sys.stderr)
+            del model
+            with contextlib.suppress(Exception):
+                torch._dynamo.reset()
+    lines = [f"Machine: {machine(device)}. Bundled model, stage {stage}, {args.size} x {args.size} px; median of "
+             f"{args.repeats} timed runs after a warm-up.", "",
+             "| batch | variant | images/s | speed vs baseline | peak memory (MB) | compile (s) | max |Δscore| | max |Δmap| |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        comp = "" if r["compile_s"] != r["compile_s"] else f"{r['compile_s']:.0f}"
+        lines.append(f"| {r['batch']} | {r['variant']} | {r['images_per_s']:.2f} | {r['speedup']:.2f}x | "
+                     f"{r['peak_mb']:.0f} | {comp} | {r['score_diff']:.1e} | {r['map_diff']:.1e} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": machine(device), "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
