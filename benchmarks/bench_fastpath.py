@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import PeakMemory, machine, median_seconds, sync  # noqa: E402
+from benchmarks.common import pick_device, write_report, PeakMemory, machine, median_seconds, sync  # noqa: E402
 from diffusers_ext.hub import resolve_model_dir  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 
@@ -59,9 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device")
+    device = pick_device(args.device)
     base_model = FinPercepRM.from_pretrained(str(resolve_model_dir(args.model))).eval().to(device)
     stage = base_model.num_stages
     rows = []
@@ -111,14 +108,7 @@ def main(argv=None) -> int:
         comp = "" if r["compile_s"] != r["compile_s"] else f"{r['compile_s']:.0f}"
         lines.append(f"| {r['batch']} | {r['variant']} | {r['images_per_s']:.2f} | {r['speedup']:.2f}x | "
                      f"{r['peak_mb']:.0f} | {comp} | {r['score_diff']:.1e} | {r['map_diff']:.1e} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(device), "rows": rows}, indent=1))
+    write_report("\n".join(lines) + "\n", args.out, args.json, {"machine": machine(device), "rows": rows})
     return 0
 
 

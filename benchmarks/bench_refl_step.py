@@ -19,7 +19,6 @@ reward time, the reward's share of the step, and peak memory of the step.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import PeakMemory, machine, median_seconds  # noqa: E402
+from benchmarks.common import pick_device, write_report, PeakMemory, machine, median_seconds  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,9 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device")
+    device = pick_device(args.device)
     from diffusers_ext.hub import resolve_model_dir
     from diffusers_ext.models.finpercep_rm import FinPercepRM
     from diffusers_ext.rewards import RewardConfig, compute_reward, refl_loss
@@ -118,15 +115,8 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['kind']} | {r['policy']} | {r['policy_params_m']:.1f} | {r['lora_params_m']:.2f} | "
                      f"{r['step_s']:.3f} | {r['reward_s']:.3f} | {100 * r['reward_share']:.1f} % | {r['peak_mb']:.0f} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(device), "args": vars(args) | {"out": None, "json": None},
-                                         "rows": rows}, indent=1, default=str))
+    write_report("\n".join(lines) + "\n", args.out, args.json, {"machine": machine(device), "args": vars(args) | {"out": None, "json": None},
+                                                                  "rows": rows})
     return 0
 
 

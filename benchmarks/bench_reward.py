@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
+from benchmarks.common import pick_device, write_report, PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
 from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone  # noqa: E402
 from diffusers_ext.hub import resolve_model_dir  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     ap.add_argument("--json", type=Path, default=None, help="write the raw rows here")
     args = ap.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch sees no CUDA device")
+    device = pick_device(args.device)
     dtype = DTYPES[args.dtype]
     torch.set_grad_enabled(False)
     rm = FinPercepRM.from_pretrained(str(resolve_model_dir(args.model))).eval().to(device, dtype)
@@ -143,15 +141,8 @@ def main(argv=None) -> int:
         lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of {rm.config.tile_size}, overlap "
                       f"{rm.config.tile_overlap}, stage {n}): {tiled['seconds']:.1f} s, peak RSS "
                       f"{tiled['peak_rss_mb']:.0f} MB (whole process, model included)."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine(device), "matmul_peak_gflops": peak, "rows": rows,
-                                         "tiled_4096": tiled}, indent=1))
+    write_report("\n".join(lines) + "\n", args.out, args.json, {"machine": machine(device), "matmul_peak_gflops": peak,
+                                                                  "rows": rows, "tiled_4096": tiled})
     return 0
 
 

@@ -3,6 +3,7 @@ per measurement (CPU RSS or CUDA allocator), the matmul peak and a machine descr
 from __future__ import annotations
 
 import ctypes
+import json
 import platform
 import statistics
 import time
@@ -10,6 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+
+def pick_device(name: str) -> torch.device:
+    """``torch.device(name)``, refusing CUDA when torch sees none."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} but torch sees no CUDA device")
+    return device
 
 
 def sync(device: torch.device) -> None:
@@ -108,3 +117,12 @@ def machine(device: torch.device) -> str:
             pass
         hw = f"{cpu}, {torch.get_num_threads()} torch threads"
     return f"{hw}; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def write_report(report: str, out: Path | None, json_path: Path | None, payload: dict) -> None:
+    """Print the markdown ``report``; write it to ``out`` and ``payload`` as JSON to ``json_path``."""
+    print(report)
+    for path, text in ((out, report), (json_path, json.dumps(payload, indent=1, default=str))):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)

@@ -321,22 +321,7 @@ def test_atomic_write_dir_sigkilled_writer_leaves_a_whole_folder(tmp_path, point
     folder = tmp_path / "lora"
     atomic_write_dir(folder, _write_version("v1"))
     v1 = tree_digest(folder)
-    started = tmp_path / "started"
-    script = tmp_path / "child.py"
-    script.write_text(CHILD_WRITER.format(root=str(ROOT)))
-    proc = subprocess.Popen([sys.executable, str(script), str(folder), str(started), point], env=child_env())
-    try:
-        if point == "in_write":
-            t_end = time.monotonic() + 60
-            while not started.exists() and proc.poll() is None and time.monotonic() < t_end:
-                time.sleep(0.005)
-            assert proc.poll() is None, "the writer ended before the kill"
-            proc.send_signal(signal.SIGKILL)
-        rc = proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert rc == -signal.SIGKILL and started.exists()
+    kill_child_writer(tmp_path, CHILD_WRITER, folder, point, kill_by_parent=point == "in_write")
     assert siblings(folder), "the kill left no trace: it did not land mid-write"
     if point in ("in_write", "after_ready"):  # before the swap: the previous folder is untouched
         assert tree_digest(folder) == v1
@@ -436,22 +421,15 @@ CHILD_CKPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point", ["in_save_state", "before_rename", "in_prune"])
-def test_save_checkpoint_sigkilled_writer_never_exposes_a_partial_checkpoint(tmp_path, point):
-    """A child process in ``save_checkpoint`` is SIGKILLed while ``save_state`` writes (by the parent),
-    after the COMPLETE marker but before the rename, or halfway through deleting the oldest checkpoint
-    (limit 2). Every checkpoint ``list_checkpoints`` / ``find_checkpoint(latest)`` then returns is
-    byte-identical to what was written, and the next save sweeps the leftovers."""
-    root = tmp_path / "checkpoints"
-    for step in (1, 2):
-        save_checkpoint(FakeAccelerator(b"s%d" % step), root, step, limit=2)
-    _, before = _checkpoints(root)
+def kill_child_writer(tmp_path: Path, template: str, target: Path, point: str, kill_by_parent: bool) -> None:
+    """Run ``template`` (a writer script) in a child on ``target``; the child kills itself at ``point``,
+    or (``kill_by_parent``) the parent SIGKILLs it once it signals that it is inside the write."""
     started = tmp_path / "started"
     script = tmp_path / "child.py"
-    script.write_text(CHILD_CKPT.format(root=str(ROOT)))
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(started), point], env=child_env())
+    script.write_text(template.format(root=str(ROOT)))
+    proc = subprocess.Popen([sys.executable, str(script), str(target), str(started), point], env=child_env())
     try:
-        if point == "in_save_state":
+        if kill_by_parent:
             t_end = time.monotonic() + 60
             while not started.exists() and proc.poll() is None and time.monotonic() < t_end:
                 time.sleep(0.005)
@@ -462,6 +440,19 @@ def test_save_checkpoint_sigkilled_writer_never_exposes_a_partial_checkpoint(tmp
         if proc.poll() is None:
             proc.kill()
     assert rc == -signal.SIGKILL and started.exists()
+
+
+@pytest.mark.parametrize("point", ["in_save_state", "before_rename", "in_prune"])
+def test_save_checkpoint_sigkilled_writer_never_exposes_a_partial_checkpoint(tmp_path, point):
+    """A child process in ``save_checkpoint`` is SIGKILLed while ``save_state`` writes (by the parent),
+    after the COMPLETE marker but before the rename, or halfway through deleting the oldest checkpoint
+    (limit 2). Every checkpoint ``list_checkpoints`` / ``find_checkpoint(latest)`` then returns is
+    byte-identical to what was written, and the next save sweeps the leftovers."""
+    root = tmp_path / "checkpoints"
+    for step in (1, 2):
+        save_checkpoint(FakeAccelerator(b"s%d" % step), root, step, limit=2)
+    _, before = _checkpoints(root)
+    kill_child_writer(tmp_path, CHILD_CKPT, root, point, kill_by_parent=point == "in_save_state")
     names, digests = _checkpoints(root)
     for name, digest in digests.items():  # whatever is listed is whole: as written, or the new one complete
         assert digest == before.get(name, digest) and {"model.safetensors", "optimizer.bin", COMPLETE,

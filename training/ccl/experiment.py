@@ -62,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hr_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lora_rank", type=int, default=8)
+    p.add_argument("--fidelity", choices=["none", "l1", "mse"], default="none",
+                   help="fidelity term against HR added to the ReFL loss in every arm")
+    p.add_argument("--lambda_fidelity", type=float, default=1.0)
     p.add_argument("--validation_steps", type=int, default=50)
     p.add_argument("--validation_images", type=int, default=8)
     p.add_argument("--test_images", type=int, default=16)
@@ -102,6 +105,7 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
            "--pretrained_model", args.net, "--ccl_config", str(out / "schedule.json"),
            "--max_train_steps", str(args.steps), "--train_batch_size", str(args.batch), "--hr_size", str(args.hr_size),
            "--learning_rate", str(args.learning_rate), "--lora_rank", str(args.lora_rank),
+           "--fidelity", args.fidelity, "--lambda_fidelity", str(args.lambda_fidelity),
            "--validation_steps", str(args.validation_steps), "--validation_images", str(args.validation_images),
            "--checkpointing_steps", "50", "--resume_from_checkpoint", "latest", "--photo_sources", args.photo_sources,
            "--seed", str(seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
