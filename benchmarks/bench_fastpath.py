@@ -4,7 +4,9 @@
     python benchmarks/bench_fastpath.py --device cuda --batches 1,8,32   # GPU: adds fp16
 
 Variants of the bundled model at its finest stage (score + full map), each against the same
-baseline (eager, float32, NCHW, ``torch.inference_mode``) in one run:
+baseline (eager, float32, NCHW, ``torch.inference_mode``, BatchNorm folded into the convolutions
+and in-place ReLU6: the default) in one run:
+- ``BN not folded``: the encoder as before that optimization (``encoder.fold_bn = False``);
 - ``autograd on``: the same forward with gradients recorded (what ``inference_mode`` saves);
 - ``channels_last``: model and input in channels-last memory format;
 - ``bf16`` / ``fp16``: weights and input in half precision (fp16 on CUDA only);
@@ -33,7 +35,8 @@ from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 
 
 def variants(device: torch.device, compile_: bool) -> dict[str, dict]:
-    v = {"baseline (eager fp32, inference_mode)": {},
+    v = {"baseline (eager fp32, inference_mode, BN folded)": {},
+         "BN not folded (before)": {"unfold": True},
          "autograd on (no inference_mode)": {"grad": True},
          "channels_last": {"cl": True},
          "bf16 weights + input": {"dtype": torch.bfloat16}}
@@ -71,6 +74,8 @@ def main(argv=None) -> int:
             dtype = v.get("dtype", torch.float32)
             model.to(dtype)
             x = x.to(dtype)
+            if v.get("unfold") and hasattr(model.encoder, "fold_bn"):
+                model.encoder.fold_bn = False
             if v.get("cl"):
                 model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)

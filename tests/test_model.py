@@ -183,3 +183,36 @@ def test_hub_file_names_cannot_escape_the_repository():
     for bad in ("../secret", "a/../../b", "/etc/passwd", "..\\x", "C:/x"):
         with pytest.raises(ValueError, match="relative path inside the repository"):
             check_relative_filename(bad)
+
+
+def test_folded_batchnorm_matches_the_unfolded_encoder_in_values_and_gradients():
+    from diffusers_ext.backbones.efficientnet_lite import EfficientNetLite0Backbone
+
+    torch.manual_seed(0)
+    enc = EfficientNetLite0Backbone()
+    for m in enc.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    enc.eval()
+    x = torch.rand(2, 3, 67, 45, requires_grad=True)  # odd sizes: asymmetric SAME padding
+    outs, grads = {}, {}
+    for fold in (False, True):
+        enc.fold_bn = fold
+        feats = enc(x)
+        sum(f.square().mean() for f in feats).backward()
+        grads[fold], x.grad = x.grad.clone(), None
+        with torch.inference_mode():  # in-place ReLU6 path
+            outs[fold] = enc(x.detach())
+    for a, b in zip(outs[False], outs[True]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[False], grads[True], rtol=1e-3, atol=1e-6)
+    enc.train()  # training mode normalizes with batch statistics: folding must not apply
+    train_outs = {}
+    for fold in (False, True):
+        enc.fold_bn = fold
+        train_outs[fold] = enc(x.detach())
+    for a, b, ev in zip(train_outs[False], train_outs[True], outs[True]):
+        assert torch.equal(a, b) and not torch.allclose(a, ev, atol=1e-3)

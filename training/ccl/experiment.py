@@ -209,13 +209,18 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
     """Validation curves of every arm and seed in one PNG, from their ``monitor.jsonl``."""
     from training.ccl.monitor import plot_curves
 
-    runs = {}
+    base = {"global": (31, 119, 180), "full": (214, 39, 40), "ccl": (44, 160, 44)}
+    runs, colors = {}, {}
     for arm in arms:
-        for seed in args.seed_list:
+        for i, seed in enumerate(args.seed_list):
             log = run_dir(args, arm, seed) / "monitor.jsonl"
             if log.is_file():
-                runs[f"{arm} seed {seed}"] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+                label = f"{arm} seed {seed}"
+                runs[label] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+                fade = min(0.6, 0.3 * i)  # later seeds: lighter shades of the arm's colour
+                colors[label] = tuple(int(c + (255 - c) * fade) for c in base.get(arm, (90, 90, 90)))
     plot_curves([], path, keys=["reward_final", "psnr", "ssim", "brisque", "judge_score", "judge_pdm"], runs=runs,
+                colors=colors,
                 title=f"validation curves of every arm (judge: {'independent model' if args.judge_model else 'same model'}"
                       "; lower is better for brisque and judge_pdm)")
 

@@ -141,11 +141,12 @@ _COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 
 
 def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches: Sequence[dict] = (),
                 keys: Optional[Sequence[str]] = None, train_history: Sequence[dict[str, float]] = (),
-                title: str = "FinPercep CCL ReFL monitor", runs: Optional[dict[str, Sequence[dict]]] = None) -> Path:
+                title: str = "FinPercep CCL ReFL monitor", runs: Optional[dict[str, Sequence[dict]]] = None,
+                colors: Optional[dict[str, tuple[int, int, int]]] = None) -> Path:
     """One panel per metric (value over step), dashed lines at the CCL stage switches. ``train_history``
     (per-step ``reward``) is drawn faintly in the ``reward`` panel. ``runs`` (label -> history) draws
-    several runs into the same panels, one colour per run with a legend (``history`` is then ignored).
-    Writes a PNG; returns its path."""
+    several runs into the same panels, one colour per run (``colors``: label -> RGB, default a palette)
+    with a legend (``history`` is then ignored). Writes a PNG; returns its path."""
     from PIL import Image, ImageDraw, ImageFont
 
     runs = dict(runs) if runs else {"": history}
@@ -156,15 +157,18 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
     cols = 3
     rows = max(1, math.ceil(len(keys) / cols))
     pw, ph, pad = 330, 200, 44
-    top = 30 if len(runs) == 1 else 46
+    per_row = (cols * pw - 8) // 140
+    top = 30 if len(runs) == 1 else 30 + 16 * math.ceil(len(runs) / per_row)
+    run_color = {label: (colors or {}).get(label, _COLORS[j % len(_COLORS)]) for j, label in enumerate(runs)}
     img = Image.new("RGB", (cols * pw, rows * ph + top), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     d.text((8, 8), title, fill="black", font=font)
     if len(runs) > 1:
         for j, label in enumerate(runs):
-            d.rectangle([8 + j * 150, 28, 20 + j * 150, 36], fill=_COLORS[j % len(_COLORS)])
-            d.text((24 + j * 150, 26), label, fill="black", font=font)
+            lx, ly = 8 + (j % per_row) * 140, 28 + (j // per_row) * 16
+            d.rectangle([lx, ly, lx + 12, ly + 8], fill=run_color[label])
+            d.text((lx + 16, ly - 2), label, fill="black", font=font)
     steps_all = [h["step"] for h in every] + [h["step"] for h in train_history]
     s_lo, s_hi = (min(steps_all), max(steps_all)) if steps_all else (0.0, 1.0)
     if s_hi == s_lo:
@@ -193,8 +197,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
                 d.line([sx, yy, sx, min(yy + 3, y1)], fill=(120, 120, 120))
         if len(faint) > 1:
             d.line([xy(s, v) for s, v in faint], fill=(200, 200, 230), width=1)
-        for j, pts in enumerate(series.values()):
-            color = _COLORS[(i if len(runs) == 1 else j) % len(_COLORS)]
+        for label, pts in series.items():
+            color = _COLORS[i % len(_COLORS)] if len(runs) == 1 else run_color[label]
             if len(pts) > 1:
                 d.line([xy(s, v) for s, v in pts], fill=color, width=2)
             for s, v in pts:
