@@ -50,15 +50,16 @@ class ClipIQAGlobal(torch.nn.Module):
 
 
 TILED_SCRIPT = r"""
-import json, resource, sys, time, numpy as np
+import json, sys, time, numpy as np
 sys.path.insert(0, sys.argv[1])
 from diffusers_ext import FinPercepRewardPipeline
 pipe = FinPercepRewardPipeline.from_pretrained(); pipe.set_progress_bar_config(disable=True)
 rng = np.random.default_rng(0)
 img = np.repeat(np.repeat(rng.random((512, 512, 3), dtype=np.float32), 8, 0), 8, 1)
 t = time.perf_counter(); out = pipe(img, output_overlays=False); dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "shape": list(out.pdms.shape)}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"seconds": dt, "peak_rss_mb": hwm / 1024, "shape": list(out.pdms.shape)}))
 """
 
 

@@ -216,3 +216,16 @@ def test_folded_batchnorm_matches_the_unfolded_encoder_in_values_and_gradients()
         train_outs[fold] = enc(x.detach())
     for a, b, ev in zip(train_outs[False], train_outs[True], outs[True]):
         assert torch.equal(a, b) and not torch.allclose(a, ev, atol=1e-3)
+
+
+def test_channels_last_activations_change_nothing_but_speed(tiny_model):
+    x = torch.rand(2, 3, 48, 40, requires_grad=True)
+    res = {}
+    for cl in (True, False):
+        tiny_model.channels_last = cl
+        out = tiny_model(x, stage=tiny_model.num_stages)
+        (out.score.sum() + out.pdm.mean()).backward()
+        res[cl], x.grad = (out.score.detach(), out.pdm.detach(), x.grad.clone()), None
+    assert tiny_model.channels_last is False and FinPercepRM.channels_last is True  # instance setting only
+    for a, b in zip(res[True], res[False]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
