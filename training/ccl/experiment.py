@@ -1,6 +1,6 @@
 """The three-arm experiment of issue 3 §4, one command, on the CPU:
 
-    python -m training.ccl.experiment --out runs/ccl_experiment --seeds 0,1   # bundled reward model
+    python -m training.ccl.experiment --out runs/ccl_experiment --seeds 0,1,2   # bundled reward model
 
 Arms (same policy, data, budget, optimizer; only the reward schedule differs):
   global  the global reward only (RM_0, λ2 = 0) for all steps
@@ -9,7 +9,7 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
 *test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE, and
-the score and flagged-pixel share of an *independent judge*: a second reward model trained by the
+the score and flagged-pixel share of a *judge*: a second reward model trained by the
 same recipe with another seed on its own FGR data (``--judge_model``; trained first with
 ``python -m training.train_default --seed 1`` into ``runs/judge_rm`` when missing). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
