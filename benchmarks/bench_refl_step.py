@@ -27,9 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import pick_device, write_report, PeakMemory, machine, median_seconds  # noqa: E402
+from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, machine, median_seconds  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build(kind: str, net: str, steps: int):

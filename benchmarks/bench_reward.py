@@ -28,12 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import pick_device, write_report, PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
+from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
 from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone  # noqa: E402
 from diffusers_ext.hub import resolve_model_dir  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PEER = "CLIP-RN50 global (peer)"
 
 
@@ -52,14 +51,14 @@ class ClipIQAGlobal(torch.nn.Module):
 TILED_SCRIPT = r"""
 import json, sys, time, numpy as np
 sys.path.insert(0, sys.argv[1])
+from benchmarks.common import status_kb
 from diffusers_ext import FinPercepRewardPipeline
 pipe = FinPercepRewardPipeline.from_pretrained(); pipe.set_progress_bar_config(disable=True)
 rng = np.random.default_rng(0)
 img = np.repeat(np.repeat(rng.random((512, 512, 3), dtype=np.float32), 8, 0), 8, 1)
 t = time.perf_counter(); out = pipe(img, output_overlays=False); dt = time.perf_counter() - t
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would report its parent's peak
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
-print(json.dumps({"seconds": dt, "peak_rss_mb": hwm / 1024, "shape": list(out.pdms.shape)}))
+print(json.dumps({"seconds": dt, "peak_rss_mb": status_kb("VmHWM") / 1024, "shape": list(out.pdms.shape)}))
 """
 
 

@@ -12,6 +12,16 @@ from typing import Callable
 
 import torch
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def status_kb(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``: this process's own, reset by exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
 
 def pick_device(name: str) -> torch.device:
     """``torch.device(name)``, refusing CUDA when torch sees none."""
@@ -72,13 +82,6 @@ class PeakMemory:
         self.device = device
         self.mb = float("nan")
 
-    @staticmethod
-    def _status_kb(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise KeyError(field)
-
     def __enter__(self) -> "PeakMemory":
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -89,8 +92,8 @@ class PeakMemory:
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             Path("/proc/self/clear_refs").write_text("5")
-            self._start = self._status_kb("VmRSS")
-            self._ok = self._status_kb("VmHWM") <= self._start + 1024
+            self._start = status_kb("VmRSS")
+            self._ok = status_kb("VmHWM") <= self._start + 1024
         except (OSError, KeyError):
             pass
         return self
@@ -99,7 +102,7 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.mb = (torch.cuda.max_memory_allocated(self.device) - self._start) / 2**20
         elif self._ok:
-            self.mb = (self._status_kb("VmHWM") - self._start) / 1024
+            self.mb = (status_kb("VmHWM") - self._start) / 1024
 
 
 def machine(device: torch.device) -> str:

@@ -24,6 +24,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import DTYPES  # noqa: E402
+
 
 def build_policy(device, dtype, gradient_checkpointing: bool):
     from training.ccl.components import full_size_policy
@@ -56,7 +58,7 @@ def main() -> None:
     from diffusers_ext.rewards import RewardConfig, compute_reward, refl_loss
 
     device = torch.device(args.device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     torch.manual_seed(0)
     policy = build_policy(device, dtype, args.gradient_checkpointing)
     if args.tiny_reward:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,11 +42,15 @@ class SameConv2d(nn.Conv2d):
             x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
         return x
 
+    def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """This convolution with 'SAME' padding and the given weight and bias."""
+        return F.conv2d(self.pad_same(x), weight, bias, self.stride, 0, self.dilation, self.groups)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(self.pad_same(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return self.conv(x, self.weight, self.bias)
 
 
-def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool) -> torch.Tensor:
+def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool) -> torch.Tensor:
     """``bn(conv(x))``. With ``fold`` and ``bn`` in eval mode, the BatchNorm is folded into the
     convolution's weight and bias for this call (``w·γ/σ``, ``β - μ·γ/σ``): one pass over the
     activations instead of two, and no second activation-sized tensor. Differentiable in both forms."""
@@ -56,8 +61,7 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool) ->
     bias = (bn.bias - bn.running_mean * scale).to(conv.weight.dtype)
     if conv.bias is not None:
         bias = bias + conv.bias * scale.to(conv.weight.dtype)
-    return conv._conv_forward(conv.pad_same(x), weight, bias) if isinstance(conv, SameConv2d) else \
-        conv._conv_forward(x, weight, bias)
+    return conv.conv(x, weight, bias)
 
 
 def relu6(x: torch.Tensor) -> torch.Tensor:
@@ -80,10 +84,8 @@ class MBConv(nn.Module):
         self._project_conv = SameConv2d(mid, c_out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(c_out, **_BN)
         self.residual = stride == 1 and c_in == c_out
-        self.fold_bn = True  # set by EfficientNetLite0Backbone.fold_bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fold = self.fold_bn
+    def forward(self, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
         y = relu6(conv_bn(self._expand_conv, self._bn0, x, fold)) if self.expand else x
         y = relu6(conv_bn(self._depthwise_conv, self._bn1, y, fold))
         y = conv_bn(self._project_conv, self._bn2, y, fold)
@@ -112,23 +114,15 @@ class EfficientNetLite0Backbone(Backbone):
         self._taps = [i - 1 for i, s in enumerate(strides) if s == 2 and i > 0] + [len(blocks) - 1]
         self.channels = [16, 24, 40, 112, 320]
         self.strides = [2, 4, 8, 16, 32]
-
-    @property
-    def fold_bn(self) -> bool:
-        """Fold each BatchNorm into its convolution when in eval mode (default True: same outputs to
-        float rounding, faster, less memory; ``benchmarks/bench_fastpath.py`` measures both)."""
-        return self._blocks[0].fold_bn
-
-    @fold_bn.setter
-    def fold_bn(self, value: bool) -> None:
-        for block in self._blocks:
-            block.fold_bn = bool(value)
+        # Fold each BatchNorm into its convolution in eval mode (same outputs to float rounding, faster;
+        # ``benchmarks/bench_fastpath.py`` measures both). A runtime setting, not saved.
+        self.fold_bn = True
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = relu6(conv_bn(self._conv_stem, self._bn0, x, self.fold_bn))
         feats = []
         for i, block in enumerate(self._blocks):
-            x = block(x)
+            x = block(x, self.fold_bn)
             if i in self._taps:
                 feats.append(x)
         return feats

@@ -81,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def ensure_judge(args: argparse.Namespace) -> None:
     """Train the default independent judge (seed 1, own FGR data) when it is missing."""
-    if args.judge_model is None or Path(args.judge_model).is_dir() or Path(args.judge_model) != DEFAULT_JUDGE:
+    if args.judge_model is None or Path(args.judge_model) != DEFAULT_JUDGE or DEFAULT_JUDGE.is_dir():
         return
     print(f"training the independent judge into {DEFAULT_JUDGE.parent} (python -m training.train_default --seed 1)",
           file=sys.stderr)
@@ -119,7 +119,9 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
 
 
 @torch.no_grad()
-def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int, seed: int, examples: bool) -> dict:
+def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[int, dict]:
+    """Score every arm of every seed, the untouched base network and HR on the fixed test crops.
+    The models, the crops, the base and the HR rows are loaded and computed once for all seeds."""
     from diffusers_ext.policies import FeedForwardSRPolicy
     from diffusers_ext.rewards import RewardConfig
     from training.ccl.data import SRPairSampler, load_photos
@@ -138,26 +140,31 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int, seed: int
     # a pixel is "flagged" when the judge's map there exceeds what it gives 99 % of the HR pixels
     threshold = float(torch.quantile(judge(hr, stage=jstage).pdm.flatten(), 0.99)) if jstage > 0 else 0.5
     mon = Monitor(lr, hr, rm, final, n_stages, judge=judge, judge_stage=jstage, flag_threshold=threshold)
-    rows, images = {}, {}
-    for arm in ["base", *arms]:
-        policy = base if arm == "base" else FeedForwardSRPolicy.from_pretrained(args.net).load_lora(
-            run_dir(args, arm, seed) / "lora").eval()
-        sr = mon.sr_images(policy, dev)
-        images[arm] = sr
-        m = mon.image_metrics(sr, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
-        rows[arm] = {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
-                     "s_globalN": rm(sr, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
-                     "brisque": m["brisque"], "judge_flagged": m.get("judge_flagged", float("nan")),
-                     "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
-    hr_terms = mon.image_metrics(hr, RewardConfig(), 0)
-    rows["hr (reference)"] = {"reward_final": hr_terms["reward_final"], "s_global0": hr_terms["s_global0"],
-                              "s_globalN": rm(hr, stage=n_stages).score.mean().item(), "psnr": float("inf"), "ssim": 1.0,
-                              "brisque": hr_terms["brisque"], "judge_flagged": hr_terms.get("judge_flagged", float("nan")),
-                              "judge_pdm": hr_terms.get("judge_pdm", float("nan")), "judge_score": hr_terms["judge_score"]}
-    if examples:
-        save_examples(lr, hr, images, args.out / "examples.png", base.scale)
-    return {"rows": rows, "test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
+
+    def row(images: torch.Tensor) -> dict[str, float]:
+        m = mon.image_metrics(images, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
+        return {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
+                "s_globalN": rm(images, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
+                "brisque": m["brisque"], "judge_flagged": m.get("judge_flagged", float("nan")),
+                "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
+
+    base_sr = mon.sr_images(base, dev)
+    base_row = row(base_sr)
+    hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}
+    meta = {"test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
             "test_photos": sorted({p.id for p in photos})}
+    per_seed = {}
+    for i, seed in enumerate(args.seed_list):
+        rows, images = {"base": base_row}, {"base": base_sr}
+        for arm in arms:
+            policy = FeedForwardSRPolicy.from_pretrained(args.net).load_lora(run_dir(args, arm, seed) / "lora").eval()
+            images[arm] = mon.sr_images(policy, dev)
+            rows[arm] = row(images[arm])
+        rows["hr (reference)"] = hr_row
+        if i == 0:
+            save_examples(lr, hr, images, args.out / "examples.png", base.scale)
+        per_seed[seed] = {"rows": rows, **meta}
+    return per_seed
 
 
 def save_examples(lr, hr, images: dict, path: Path, scale: int, n: int = 4) -> None:
@@ -237,7 +244,7 @@ def main(argv=None) -> dict:
     arms = [a for a in args.arms.split(",") if a]
     sch = schedules(n, args.steps)
     seconds = {f"{arm}/seed{seed}": run_arm(arm, sch[arm], args, seed) for seed in args.seed_list for arm in arms}
-    per_seed = {seed: evaluate(args, arms, n, seed, examples=i == 0) for i, seed in enumerate(args.seed_list)}
+    per_seed = evaluate(args, arms, n)
     agg = aggregate(per_seed)
     res = {"mean_over_seeds": agg, "per_seed": per_seed, "seconds": seconds, "schedules": {a: sch[a] for a in arms},
            "args": {k: str(v) for k, v in vars(args).items()}}
