@@ -220,12 +220,15 @@ def test_folded_batchnorm_matches_the_unfolded_encoder_in_values_and_gradients()
 
 def test_channels_last_activations_change_nothing_but_speed(tiny_model):
     x = torch.rand(2, 3, 48, 40, requires_grad=True)
-    res = {}
+    res, seen = {}, []
+    tiny_model.encoder.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     for cl in (True, False):
         tiny_model.channels_last = cl
         out = tiny_model(x, stage=tiny_model.num_stages)
         (out.score.sum() + out.pdm.mean()).backward()
         res[cl], x.grad = (out.score.detach(), out.pdm.detach(), x.grad.clone()), None
+    assert seen == [True, False]  # the encoder really ran on channels-last activations, then on NCHW
     assert tiny_model.channels_last is False and FinPercepRM.channels_last is True  # instance setting only
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
