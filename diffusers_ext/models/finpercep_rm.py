@@ -85,7 +85,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         tile_size / tile_overlap: defaults for tiled inference of large images (pipeline).
 
     Runtime setting (not saved): ``channels_last`` (default True) runs the encoder on channels-last
-    activations; the weights stay as stored. Same outputs to float rounding, 1.8-1.9x faster on our
+    activations; the weights stay as stored. Same outputs to float rounding, 1.5-1.9x faster on our
     CPU (``benchmarks/bench_fastpath.py``); set it False for the plain NCHW path.
     """
 
