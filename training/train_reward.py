@@ -10,8 +10,14 @@ GT score). Stage k >= 1 trains only what stage k adds (decoder level k and score
 
     L = λ_map·|M(I_syn) - M_gt|_1 + λ_bce·BCE(M(I_syn), M_gt) + λ_clean·|M(I_gt)|_1
         + λ_rank·L_rank(S_sr < S_syn < S_gt) + λ_align·|S_gt^k - S_0(I_gt)|_1
+        + λ_cons·|S(x') - S(x)|  + λ_adv·[adversarial terms] + λ_garbage·[garbage terms]
 
-so every earlier stage keeps its outputs and the score scale stays that of stage 0. Checkpoints
+so every earlier stage keeps its outputs and the score scale stays that of stage 0. The last three
+(reward model v3, ``training/robustness.py``) train robustness: ``x'`` is an invisible change of a
+clean or damaged image (noise <= 2/255, 1-px shift, 1/255 offset) whose score must not move; an
+L-inf PGD attack that raises the score of ``I_syn`` must not raise it (its map stays ``M_gt``);
+garbage images must score below the damaged photos and be flagged everywhere. The loss runs
+through the prepared (DDP) module's forward, so multi-process gradients are all-reduced. Checkpoints
 (``accelerator.save_state``) are written atomically; ``--resume_from_checkpoint latest`` continues
 with exactly the batches an uninterrupted run would have seen. The result, ``<output_dir>/model``,
 is a diffusers model folder (``FinPercepRM.from_pretrained``), also written atomically.
@@ -21,20 +27,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from torch import nn  # noqa: E402
+
 from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 from training.checkpointing import atomic_save_model, list_checkpoints, save_checkpoint  # noqa: E402,F401
+from training.data.families import PROTOCOL_HOLDOUT  # noqa: E402
 from training.data.fgr_dataset import FGRDataset, collate, step_batches  # noqa: E402
 from training.metrics import evaluate_stage  # noqa: E402
+from training.robustness import attack_score, garbage_batch, imperceptible  # noqa: E402
 
 logger = logging.getLogger("train_reward")
 
@@ -58,6 +68,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--learning_rate", type=float, default=None, help="default 3e-4 (stage 0) / 1e-3 (stages >= 1)")
     g.add_argument("--weight_decay", type=float, default=1e-4)
     g.add_argument("--warmup_steps", type=int, default=30)
+    g.add_argument("--lr_scheduler", default="cosine",
+                   help="diffusers.optimization.get_scheduler name (cosine, linear, constant_with_warmup...)")
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 = off)")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     g.add_argument("--seed", type=int, default=0)
@@ -74,6 +87,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "supervision, OURS). Stage 0 still outputs no map; later stages start from these levels")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
                    help="stage 0: target score of pristine GT (fixes the scale every later stage aligns to)")
+    g = p.add_argument_group("robustness (reward model v3; 0 switches a term off)")
+    g.add_argument("--lambda_consistency", type=float, default=1.0,
+                   help="|S(x') - S(x)| for invisible changes x' of the clean and the damaged image")
+    g.add_argument("--perturb_sigma", type=float, default=2.0, help="max noise std of x', in 1/255 units")
+    g.add_argument("--consistency_fraction", type=float, default=0.5, help="share of the batch's I_gt and I_sr copied")
+    g.add_argument("--lambda_adv", type=float, default=1.0,
+                   help="PGD attacks that raise S(I_syn) as negatives: S must not rise, map stays M_gt")
+    g.add_argument("--adv_eps", type=float, default=3.0, help="L-inf budget of the attack, in 1/255 units")
+    g.add_argument("--adv_steps", type=int, default=2)
+    g.add_argument("--adv_fraction", type=float, default=0.25, help="share of the batch's I_syn attacked")
+    g.add_argument("--lambda_garbage", type=float, default=0.5,
+                   help="garbage images (noise, flat, stripes, blocks) score below I_sr and are flagged")
+    g.add_argument("--garbage_fraction", type=float, default=0.25, help="garbage images per triplet")
+    g.add_argument("--margin_garbage", type=float, default=0.3, help="S_sr - S_garbage >= this")
+    g.add_argument("--exclude_families", default="",
+                   help="train without items containing these families (comma-separated, or 'protocol' "
+                        "for the held-out families of training/data/families.py)")
     g = p.add_argument_group("bookkeeping")
     g.add_argument("--checkpointing_steps", type=int, default=100)
     g.add_argument("--checkpoints_total_limit", type=int, default=2)
@@ -87,6 +117,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--init (the previous stage's model folder) is required for stage >= 1")
     if args.learning_rate is None:
         args.learning_rate = 3e-4 if args.stage == 0 else 1e-3
+    names = [f.strip() for f in args.exclude_families.split(",") if f.strip()]
+    args.exclude = tuple(PROTOCOL_HOLDOUT) if names == ["protocol"] else tuple(names)
     return args
 
 
@@ -114,46 +146,128 @@ def ranking_loss(s_gt: torch.Tensor, s_syn: torch.Tensor, s_sr: torch.Tensor, m1
     return (F.relu(m1 - (s_syn - s_sr)) + F.relu(m2 - (s_gt - s_syn))).mean()
 
 
+def _layout(counts: dict[str, int]) -> dict[str, slice]:
+    out, start = {}, 0
+    for name, k in counts.items():
+        out[name] = slice(start, start + k)
+        start += k
+    return out
+
+
+def robustness_inputs(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace, step: int,
+                      rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+    """The extra images of one step: invisible copies of ``gt`` and ``sr`` (``gt_p``, ``sr_p``), an
+    attack on part of ``syn`` (``adv``) and ``garbage``. All randomness comes from ``(seed, step)``
+    drawn for the global batch and sliced by rank, so resume and any process count give the same."""
+    n, size = batch["gt"].shape[0], batch["gt"].shape[-1]
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([args.seed, step, 11]).integers(2**62)))
+    out: dict[str, torch.Tensor] = {}
+    if args.lambda_consistency > 0:
+        k = max(1, int(round(n * args.consistency_fraction)))
+        both = torch.cat([batch["gt"][:k], batch["sr"][:k]])
+        pert = imperceptible(both, gen, args.perturb_sigma / 255.0, rank, world)
+        out["gt_p"], out["sr_p"] = pert[:k], pert[k:]
+    if args.lambda_adv > 0 and args.adv_steps > 0:
+        k = max(1, int(round(n * args.adv_fraction)))
+        was = model.training
+        model.eval()
+        sz = tuple(batch["syn"].shape[-2:])
+        out["adv"] = attack_score(lambda z: model.predict(model.encode(z), sz, args.stage)[0], batch["syn"][:k],
+                                  args.adv_eps / 255.0, args.adv_steps, gen, rank, world)
+        model.train(was)
+        if args.stage > 0:
+            model.encoder.eval()
+    if args.lambda_garbage > 0:
+        k = max(1, int(round(n * args.garbage_fraction)))
+        out["garbage"] = garbage_batch(k * world, size, int(np.random.default_rng([args.seed, step, 13]).integers(2**62))
+                                       )[rank * k:(rank + 1) * k].to(batch["gt"])
+    return out
+
+
 def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch at ``args.stage``; ``loss`` is their weighted sum."""
+    """All loss terms of one batch at ``args.stage``; ``loss`` is their weighted sum. ``batch`` may
+    hold the extra images of :func:`robustness_inputs` (``gt_p``, ``sr_p``, ``adv``, ``garbage``)."""
     n = batch["gt"].shape[0]
-    x = torch.cat([batch["gt"], batch["syn"], batch["sr"]])
+    names = [k for k in ("gt", "syn", "sr", "gt_p", "sr_p", "adv", "garbage") if k in batch]
+    lay = _layout({k: batch[k].shape[0] for k in names})
+    x = torch.cat([batch[k] for k in names])
     stage = args.stage
     feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
     size = tuple(x.shape[-2:])
     score, _, logits = model.predict(feats, size, stage)
-    s_gt, s_syn, s_sr = score[:n], score[n:2 * n], score[2 * n:]
-    terms = {"rank": ranking_loss(s_gt, s_syn, s_sr, args.margin_sr, args.margin_syn)}
+    s = {k: score[sl] for k, sl in lay.items()}
+    terms = {"rank": ranking_loss(s["gt"], s["syn"], s["sr"], args.margin_sr, args.margin_syn)}
+    total = args.lambda_rank * terms["rank"]
+    if "gt_p" in s:
+        k = s["gt_p"].shape[0]
+        terms["consistency"] = 0.5 * ((s["gt_p"] - s["gt"][:k]).abs().mean() + (s["sr_p"] - s["sr"][:k]).abs().mean())
+        total = total + args.lambda_consistency * terms["consistency"]
+    if "adv" in s:
+        k = s["adv"].shape[0]
+        terms["adv"] = (F.relu(s["adv"] - s["syn"][:k].detach()).mean()
+                        + F.relu(args.margin_syn - (s["gt"][:k] - s["adv"])).mean())
+        total = total + args.lambda_adv * terms["adv"]
+    if "garbage" in s:
+        k = s["garbage"].shape[0]
+        terms["garbage"] = F.relu(args.margin_garbage - (s["sr"][:k].detach() - s["garbage"])).mean()
+        total = total + args.lambda_garbage * terms["garbage"]
     if stage == 0:
-        terms["align"] = (s_gt - args.stage0_anchor).abs().mean()
-        terms["loss"] = args.lambda_rank * terms["rank"] + args.lambda_align * terms["align"]
+        terms["align"] = (s["gt"] - args.stage0_anchor).abs().mean()
+        total = total + args.lambda_align * terms["align"]
         if args.stage0_dense_weight > 0:
-            all_logits = model.decode_all_logits(feats)
-            dense = [map_terms(model, lg, n, size, batch["mgt"], args) for lg in all_logits]
+            dense = [map_terms(model, lg, lay, size, batch, args) for lg in model.decode_all_logits(feats)]
             terms["dense"] = torch.stack([d["map_loss"] for d in dense]).mean()
-            terms["loss"] = terms["loss"] + args.stage0_dense_weight * terms["dense"]
+            total = total + args.stage0_dense_weight * terms["dense"]
+        terms["loss"] = total
         return terms
     with torch.no_grad():
-        pooled0, c0 = model.modulated_sum(feats[-1][:n], None, size)
+        gt_feats = [f[lay["gt"]] for f in feats]
+        pooled0, c0 = model.modulated_sum(gt_feats[-1], None, size)
         s0_gt = model.score_from(pooled0 / c0, None, 0)
-    mt = map_terms(model, logits, n, size, batch["mgt"], args)
-    terms.update(map=mt["map"], bce=mt["bce"], clean=mt["clean"])
-    terms["align"] = (s_gt - s0_gt).abs().mean()
-    terms["loss"] = mt["map_loss"] + args.lambda_rank * terms["rank"] + args.lambda_align * terms["align"]
+    mt = map_terms(model, logits, lay, size, batch, args)
+    terms.update({k: v for k, v in mt.items() if k != "map_loss"})
+    terms["align"] = (s["gt"] - s0_gt).abs().mean()
+    terms["loss"] = total + mt["map_loss"] + args.lambda_align * terms["align"]
     return terms
 
 
-def map_terms(model: FinPercepRM, logits: torch.Tensor, n: int, size: tuple[int, int], target: torch.Tensor,
-              args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """Map losses of a ``[gt; syn; sr]`` batch's logits: L1 and BCE of ``M(I_syn)`` against ``M_gt``
-    and the L1 of ``M(I_gt)`` toward 0; ``map_loss`` is their weighted sum."""
-    up = model.upsample_logits(logits[: 2 * n], size)
-    m_gt_img, m_syn = torch.sigmoid(up[:n]), torch.sigmoid(up[n:])
-    out = {"map": (m_syn - target).abs().mean(),
-           "bce": F.binary_cross_entropy_with_logits(up[n:], target),
-           "clean": m_gt_img.mean()}
-    out["map_loss"] = args.lambda_map * out["map"] + args.lambda_bce * out["bce"] + args.lambda_clean * out["clean"]
+def map_terms(model: FinPercepRM, logits: torch.Tensor, lay: dict[str, slice], size: tuple[int, int],
+              batch: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """Map losses of a stacked batch's logits (``lay`` names the rows): L1 and BCE of ``M(I_syn)``
+    against ``M_gt``, the L1 of ``M(I_gt)`` (and of its invisible copy) toward 0, the attacked
+    ``I_syn`` toward its ``M_gt``, garbage toward 1; ``map_loss`` is their weighted sum."""
+    up = model.upsample_logits(logits, size)
+    target = batch["mgt"]
+    syn = up[lay["syn"]]
+    clean = torch.cat([up[lay[k]] for k in ("gt", "gt_p") if k in lay])
+    out = {"map": (torch.sigmoid(syn) - target).abs().mean(),
+           "bce": F.binary_cross_entropy_with_logits(syn, target),
+           "clean": torch.sigmoid(clean).mean()}
+    loss = args.lambda_map * out["map"] + args.lambda_bce * out["bce"] + args.lambda_clean * out["clean"]
+    if "adv" in lay:
+        a = up[lay["adv"]]
+        t = target[: a.shape[0]]
+        out["adv_map"] = (torch.sigmoid(a) - t).abs().mean() + F.binary_cross_entropy_with_logits(a, t)
+        loss = loss + args.lambda_adv * out["adv_map"]
+    if "garbage" in lay:
+        g = up[lay["garbage"]]
+        out["garbage_map"] = F.binary_cross_entropy_with_logits(g, torch.ones_like(g))
+        loss = loss + args.lambda_garbage * out["garbage_map"]
+    out["map_loss"] = loss
     return out
+
+
+class StageObjective(nn.Module):
+    """The model and its stage loss as one module, so ``accelerator.prepare`` wraps the loss
+    computation itself: under DDP the gradients of every step are all-reduced across processes
+    (calling the unwrapped model would silently skip that)."""
+
+    def __init__(self, model: FinPercepRM, args: argparse.Namespace) -> None:
+        super().__init__()
+        self.model, self.args = model, args
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return stage_loss(self.model, batch, self.args)
 
 
 @torch.no_grad()
@@ -180,24 +294,24 @@ def main(argv: Optional[list[str]] = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_seed(args.seed)
     model = build_model(args)
-    train_set = FGRDataset(args.data, "train", crop=args.crop, augment=True)
+    train_set = FGRDataset(args.data, "train", crop=args.crop, augment=True, exclude_families=args.exclude)
     val_split = "val"
     try:
-        val_set = FGRDataset(args.data, val_split, limit=args.validation_items)
+        val_set = FGRDataset(args.data, val_split, limit=args.validation_items, exclude_families=args.exclude)
     except ValueError:
-        val_split, val_set = "test", FGRDataset(args.data, "test", limit=args.validation_items)
+        val_split = "test"
+        val_set = FGRDataset(args.data, "test", limit=args.validation_items, exclude_families=args.exclude)
+    if args.exclude:
+        logger.info("excluding families %s: %d train items left", ",".join(args.exclude), len(train_set))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    from diffusers.optimization import get_scheduler
 
-    def lr_lambda(step: int) -> float:
-        if step < args.warmup_steps:
-            return (step + 1) / args.warmup_steps
-        progress = (step - args.warmup_steps) / max(1, args.max_steps - args.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    raw = accelerator.unwrap_model(model)
+    # the prepared scheduler steps once per process and step: count in process-steps
+    scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps * accelerator.num_processes,
+                              num_training_steps=args.max_steps * accelerator.num_processes)
+    objective, optimizer, scheduler = accelerator.prepare(StageObjective(model, args), optimizer, scheduler)
+    raw = accelerator.unwrap_model(objective).model
     ckpt_root = args.output_dir / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
     start_step = 0
@@ -215,13 +329,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
             logger.info("resumed from %s at step %d", path, start_step)
     if report_to:
         accelerator.init_trackers(f"finpercep_rm_stage{args.stage}",
-                                  config={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()})
+                                  config={k: str(v) if isinstance(v, (Path, tuple)) else v for k, v in vars(args).items()})
 
     batches = step_batches(len(train_set), args.batch_size, args.seed, start_step,
                            accelerator.process_index, accelerator.num_processes)
     bar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
                disable=not accelerator.is_local_main_process, desc=f"stage {args.stage}")
-    model.train()
+    objective.train()
     if args.stage > 0:
         raw.encoder.eval()  # frozen encoder: BatchNorm statistics stay those of stage 0
     history: list[dict] = []
@@ -229,12 +343,13 @@ def main(argv: Optional[list[str]] = None) -> dict:
     for step in range(start_step, args.max_steps):
         batch = collate([train_set[key] for key in next(batches)])
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.accumulate(model):
+        batch.update(robustness_inputs(raw, batch, args, step, accelerator.process_index, accelerator.num_processes))
+        with accelerator.accumulate(objective):
             with accelerator.autocast():
-                terms = stage_loss(raw, batch, args)
+                terms = objective(batch)
             accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(params, 1.0)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -249,7 +364,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             accelerator.log({f"{val_split}/{k}": v for k, v in figures.items()}, step=done)
             history.append({"step": done, **figures})
             logger.info("step %d %s: %s", done, val_split, json.dumps({k: round(v, 4) for k, v in figures.items()}))
-            model.train()
+            objective.train()
             if args.stage > 0:
                 raw.encoder.eval()
         if done % args.checkpointing_steps == 0 and done < args.max_steps:

@@ -30,13 +30,16 @@ DEFAULT_DECODER_CHANNELS = (96, 64, 48, 32, 24, 16)
 
 @dataclass
 class FinPercepRMOutput(BaseOutput):
-    """``score``: ``[B]``, higher = better. ``pdm``: ``[B, 1, H, W]`` in [0, 1] at the input size,
-    higher = more degraded (all zeros at stage 0, which has no map). ``pdm_logits``: the map's logits
-    at decoder resolution (``None`` at stage 0)."""
+    """``score``: ``[B]``, higher = better: the calibrated score in (0, 1) when the model has a
+    calibration (clean photos near 0.9, heavily damaged images near 0.1), else the raw value.
+    ``pdm``: ``[B, 1, H, W]`` in [0, 1] at the input size, higher = more degraded (all zeros at
+    stage 0, which has no map). ``pdm_logits``: the map's logits at decoder resolution (``None`` at
+    stage 0). ``raw_score``: the unbounded head output (what RL can use without saturation)."""
 
     score: torch.Tensor
     pdm: torch.Tensor
     pdm_logits: Optional[torch.Tensor] = None
+    raw_score: Optional[torch.Tensor] = None
 
 
 class DecoderLevel(nn.Module):
@@ -82,6 +85,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         score_map_stats: also feed the map's mean and top-fraction mean into the score MLP (OURS).
         map_stat_top_fraction: the fraction used by that top-fraction mean.
         min_size: smallest accepted image side, in pixels.
+        score_calibration: per stage 0..N, ``[a, b]`` of the bounded score ``sigmoid(a * raw + b)``
+            (fitted after training: the median clean photo maps to 0.9, the first quartile of fully
+            damaged images to 0.1; see ``training/calibration.py``). ``None``: scores stay raw.
         tile_size / tile_overlap: defaults for tiled inference of large images (pipeline).
 
     Runtime setting (not saved): ``channels_last`` (default True) runs the encoder on channels-last
@@ -108,6 +114,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         min_size: int = 32,
         tile_size: int = 768,
         tile_overlap: int = 64,
+        score_calibration: Optional[Sequence[Sequence[float]]] = None,
     ) -> None:
         super().__init__()
         if score_modulation not in ("one_minus", "none"):
@@ -131,6 +138,8 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         )
         self.register_to_config(num_stages=n, stage=n if stage is None else stage)
         self._check_stage(self.config.stage)
+        if score_calibration is not None and len(score_calibration) != n + 1:
+            raise ValueError(f"score_calibration needs one [a, b] per stage 0..{n}, got {len(score_calibration)}")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -281,6 +290,18 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         total, count = self.modulated_sum(feats[-1], pdm, size)
         return self.score_from(total / count, pdm, stage), pdm, logits
 
+    @property
+    def calibrated(self) -> bool:
+        return self.config.get("score_calibration") is not None
+
+    def calibrate(self, raw: torch.Tensor, stage: Optional[int] = None) -> torch.Tensor:
+        """The bounded score ``sigmoid(a * raw + b)`` of ``stage`` (identity without a calibration)."""
+        cal = self.config.get("score_calibration")
+        if cal is None:
+            return raw
+        a, b = cal[self.stage if stage is None else self._check_stage(stage)]
+        return torch.sigmoid(raw * float(a) + float(b))
+
     # ------------------------------------------------------------------ forward
     def forward(self, images: torch.Tensor, stage: Optional[int] = None, return_dict: bool = True):
         """Score ``images`` (``Bx3xHxW`` in [0, 1]). Differentiable end to end.
@@ -288,12 +309,13 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         Returns :class:`FinPercepRMOutput` (or ``(score, pdm)`` when ``return_dict=False``)."""
         stage = self.stage if stage is None else self._check_stage(stage)
         size = tuple(images.shape[-2:])
-        score, pdm, logits = self.predict(self.encode(images), size, stage)
+        raw, pdm, logits = self.predict(self.encode(images), size, stage)
+        score = self.calibrate(raw, stage)
         if pdm is None:
             pdm = images.new_zeros(images.shape[0], 1, *size)
         if not return_dict:
             return score, pdm
-        return FinPercepRMOutput(score=score, pdm=pdm, pdm_logits=logits)
+        return FinPercepRMOutput(score=score, pdm=pdm, pdm_logits=logits, raw_score=raw)
 
     def _pad_size(self, size: tuple[int, int]) -> tuple[int, int]:
         s = self.encoder.max_stride

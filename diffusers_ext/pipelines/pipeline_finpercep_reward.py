@@ -32,15 +32,17 @@ _PATTERNS = ["*.json", "*.safetensors", "*.md", "reward_model/*"]
 
 @dataclass
 class FinPercepRewardOutput(BaseOutput):
-    """``scores``: float32 ``[B]`` (higher = better). ``pdms``: float32 ``[B, H, W]`` in [0, 1]
+    """``scores``: float32 ``[B]`` (higher = better; for a calibrated model in (0, 1): clean photos
+    near 0.9, heavily damaged near 0.1). ``pdms``: float32 ``[B, H, W]`` in [0, 1]
     (higher = more degraded) at each input's size; a list when the inputs differ in size.
     ``overlays``: heat maps over the inputs (``None`` when not asked for). ``stage``: the
-    curriculum stage that produced them."""
+    curriculum stage that produced them. ``raw_scores``: the unbounded head outputs."""
 
     scores: np.ndarray
     pdms: Union[np.ndarray, list]
     overlays: Optional[list]
     stage: int
+    raw_scores: Optional[np.ndarray] = None
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -148,10 +150,10 @@ class FinPercepRewardPipeline(DiffusionPipeline):
             bar.close()
         full = pdm_acc / wsum.clamp_min(1e-8) if stage > 0 else None
         head_dtype = next(model.score_heads.parameters()).dtype
-        score = model.score_from(
+        raw = model.score_from(
             (pooled / cells).to(self.device, head_dtype), None if full is None else full.to(self.device, head_dtype), stage
         )
-        return score.float().cpu(), (full if full is not None else torch.zeros(1, 1, h, w))
+        return raw.float().cpu(), (full if full is not None else torch.zeros(1, 1, h, w))
 
     @torch.inference_mode()
     def __call__(
@@ -190,7 +192,7 @@ class FinPercepRewardPipeline(DiffusionPipeline):
         images = [load_image(im) if isinstance(im, (str, os.PathLike)) else im for im in images]
         tensors = to_batch_tensor(images, min_size=model.config.min_size)
         dtype = next(model.parameters()).dtype
-        scores: list[Optional[torch.Tensor]] = [None] * len(tensors)
+        raws: list[Optional[torch.Tensor]] = [None] * len(tensors)
         maps: list[Optional[np.ndarray]] = [None] * len(tensors)
 
         small = [i for i, t in enumerate(tensors) if not tile or max(t.shape[-2:]) <= tile]
@@ -204,17 +206,18 @@ class FinPercepRewardPipeline(DiffusionPipeline):
             x = torch.cat([tensors[i] for i in idx]).to(self.device, dtype)
             out = model(x, stage=stage)
             for k, i in enumerate(idx):
-                scores[i] = out.score[k].float().cpu()
+                raws[i] = out.raw_score[k].float().cpu()
                 maps[i] = out.pdm[k, 0].float().cpu().numpy()
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         for i in large:
-            score, pdm = self._forward_tiled(tensors[i].to(self.device, dtype), stage, tile, overlap)
-            scores[i], maps[i] = score[0], pdm[0, 0].numpy()
+            raw, pdm = self._forward_tiled(tensors[i].to(self.device, dtype), stage, tile, overlap)
+            raws[i], maps[i] = raw[0], pdm[0, 0].numpy()
 
-        score_arr = np.array([float(v) for v in scores], dtype=np.float32)
+        raw_arr = np.array([float(v) for v in raws], dtype=np.float32)
+        score_arr = model.calibrate(torch.from_numpy(raw_arr), stage).numpy().astype(np.float32)
         pdm_list = [np.clip(m, 0.0, 1.0).astype(np.float32) for m in maps]
         same = len({m.shape for m in pdm_list}) == 1
         pdms: Union[np.ndarray, list] = np.stack(pdm_list) if same else pdm_list
@@ -224,4 +227,4 @@ class FinPercepRewardPipeline(DiffusionPipeline):
                         for t, m in zip(tensors, pdm_list)]
         if not return_dict:
             return score_arr, pdms, overlays
-        return FinPercepRewardOutput(scores=score_arr, pdms=pdms, overlays=overlays, stage=stage)
+        return FinPercepRewardOutput(scores=score_arr, pdms=pdms, overlays=overlays, stage=stage, raw_scores=raw_arr)

@@ -89,24 +89,86 @@ def make_lr(hr: np.ndarray, scale: int, rng: np.random.Generator, level: str) ->
     return degrade(hr, scale, rng, DegradationConfig.light() if level == "light" else None)
 
 
-def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator) -> dict[str, Any]:
-    """``gt``, ``sr``, ``syn``, ``mask`` (float32 arrays) and what made them."""
-    from .masks import sample_mask
+RECIPES = ("v3", "v2")
+BASES = ("photo", "sr", "garbage")
+BASE_PROBS = (0.45, 0.45, 0.10)
+GROUP_PROBS = {"adds": 0.4, "removes": 0.4, "colour": 0.1, "structure": 0.1}
+SR_OPERATOR_PROB = 0.5  # an SR output gets one more defect operator on top this often
+STRENGTH = (0.1, 1.0)  # subtle to severe
 
+
+def _draw_operator(rng: np.random.Generator) -> str:
+    """A defect operator: its group by :data:`GROUP_PROBS` (detail-adding and detail-removing
+    balanced), then uniformly within the group."""
+    from .families import FAMILIES, OPERATOR_FAMILIES
+
+    groups = list(GROUP_PROBS)
+    group = groups[int(rng.choice(len(groups), p=np.array([GROUP_PROBS[g] for g in groups])))]
+    names = [n for n in OPERATOR_FAMILIES if FAMILIES[n].group == group]
+    return names[int(rng.integers(len(names)))]
+
+
+def _sr_output(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
     method = sample_method(pool, rng)
     level = DEGRADATION_LEVELS[int(rng.choice(len(DEGRADATION_LEVELS), p=DEGRADATION_PROBS))]
     lr = make_lr(hr, method.scale, rng, level)
     sr = method(lr, rng)
     if sr.shape[:2] != hr.shape[:2]:
         sr = cv2.resize(sr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
-    sr = np.clip(sr, 0, 1).astype(np.float32)
-    mask, mask_kind = sample_mask(hr, rng)
-    m = mask[..., None]
-    syn = (m * sr + (1 - m) * hr).astype(np.float32)
-    info = {"sr_method": method.name, "mask_kind": mask_kind, "degradation": level, "lr_size": list(lr.shape[:2])}
+    info = {"sr_method": method.name, "degradation": level, "lr_size": list(lr.shape[:2])}
     if isinstance(method, ArtifactSR):
         info["artifact"] = method.last_artifact
-    return {"gt": hr, "sr": sr, "syn": syn, "mask": mask.astype(np.float32), **info}
+    return np.clip(sr, 0, 1).astype(np.float32), info
+
+
+def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator,
+                 recipe: str = "v3") -> dict[str, Any]:
+    """``gt``, ``sr``, ``syn``, ``mask`` (float32 arrays) and what made them.
+
+    ``v3`` (default): the fully damaged image ``sr`` is, by :data:`BASE_PROBS`, the clean photo
+    with one or two defect operators (``photo``), an SR network's output of a degraded copy,
+    sometimes with an operator on top (``sr``), or a garbage image (``garbage``); ``syn`` swaps a
+    masked region of it into the clean photo. ``v2``: the earlier recipe (SR output, the pool's own
+    artifact members), kept to reproduce older datasets."""
+    from .families import FAMILIES, garbage_image, operator
+    from .masks import sample_mask
+
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
+    info: dict[str, Any] = {}
+    families: list[str] = []
+    if recipe == "v2":
+        full, info = _sr_output(hr, pool, rng)
+        base = "sr"
+    else:
+        base = BASES[int(rng.choice(len(BASES), p=BASE_PROBS))]
+        if base == "garbage":
+            full, info["garbage"] = garbage_image(*hr.shape[:2], rng)
+            families.append("garbage")
+        else:
+            if base == "photo":
+                full, n_ops = hr, 1 + int(rng.random() < 0.2)
+            else:
+                full, info = _sr_output(hr, pool, rng)
+                n_ops = int(rng.random() < SR_OPERATOR_PROB)
+            ops = []
+            for _ in range(n_ops):
+                name = _draw_operator(rng)
+                strength = float(rng.uniform(*STRENGTH))
+                full = operator(name)(full, rng, strength)
+                ops.append({"name": name, "strength": round(strength, 4)})
+            info["operators"] = ops
+            families += [o["name"] for o in ops]
+    net = str(info.get("sr_method", "")).split("+")[0]
+    if net in FAMILIES:
+        families.insert(0, net)
+    if info.get("artifact"):
+        families.append(info["artifact"])
+    mask, mask_kind = sample_mask(hr, rng)
+    m = mask[..., None]
+    syn = (m * full + (1 - m) * hr).astype(np.float32)
+    return {"gt": hr, "sr": full.astype(np.float32), "syn": syn, "mask": mask.astype(np.float32),
+            "mask_kind": mask_kind, "base": base, "families": sorted(set(families)), **info}
 
 
 def _save_png(arr: np.ndarray, path: Path, bits: int = 8) -> None:
@@ -126,88 +188,129 @@ def load_png(path: Path) -> np.ndarray:
 
 
 def calibrate_scales(photos: list[Photo], cache: PhotoCache, pool, feat, hr_size: int, seed: int,
-                     n: int, quantile: float = 0.95) -> tuple[float, float]:
+                     n: int, quantile: float = 0.95, recipe: str = "v3") -> tuple[float, float]:
     """Fixed dataset-wide scales: the ``quantile`` of in-mask pixel / feature differences over
-    ``n`` calibration triplets drawn from the train photos (never from val/test)."""
+    ``n`` calibration triplets drawn from the train photos (never from val/test).
+
+    Whatever the recipe, the triplets are those of the v2 recipe (SR outputs, with artifact
+    operators half the time): a typical SR failure maps to about 1, and the v3 recipe's garbage
+    and severe geometric defects, which would inflate a quantile of their own, simply clip."""
+    if recipe == "v3":
+        pool = list(pool) + [(ArtifactSR(m), w) for m, w in pool]
     pix, fea = [], []
     for i in tqdm(range(n), desc="calibrating GT-map scales", leave=False):
         rng = np.random.default_rng([seed, 99, i])
         hr = random_hr_crop(cache.get(photos[int(rng.integers(len(photos)))]), hr_size, rng)
-        t = make_triplet(hr, pool, rng)
+        t = make_triplet(hr, pool, rng, "v2")
         p, f = raw_differences(t["syn"], t["gt"], t["mask"], feat)
         pix.append(p)
         fea.append(f)
     return float(np.quantile(np.concatenate(pix), quantile)), float(np.quantile(np.concatenate(fea), quantile))
 
 
-def read_manifest(root: Path) -> dict[str, dict]:
-    path = root / "manifest.jsonl"
+def manifest_files(root: Path) -> list[Path]:
+    """``manifest.jsonl`` and the per-shard ``manifest.shard<i>-of-<n>.jsonl`` files."""
+    return sorted(root.glob("manifest*.jsonl"))
+
+
+def _read_lines(path: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a crash: that item is redone
-                    continue
-                done[rec["id"]] = rec
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that item is redone
+                continue
+            done[rec["id"]] = rec
     return done
 
 
-def _rewrite_manifest(root: Path, done: dict[str, dict]) -> None:
+def read_manifest(root: Path) -> dict[str, dict]:
+    """Every finished item of the dataset in ``root`` (all shards), by id."""
+    done: dict[str, dict] = {}
+    for path in manifest_files(Path(root)):
+        done.update(_read_lines(path))
+    return done
+
+
+def _rewrite_manifest(path: Path) -> None:
     """Drop a line cut by a crash (and anything unparsable) so new lines never append to it."""
-    path = root / "manifest.jsonl"
     if not path.is_file():
         return
     text = path.read_text()
+    done = _read_lines(path)
     if text and (not text.endswith("\n") or len(text.splitlines()) != len(done)):
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
         os.replace(tmp, path)
 
 
+def parse_shard(text: Optional[str]) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` -> the launcher's rank / world size
+    (``accelerate launch`` / ``torchrun`` set ``RANK`` and ``WORLD_SIZE``), else ``(0, 1)``."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard {text}: need 0 <= i < n")
+    return i, n
+
+
 def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
           feature: str = "efficientnet_lite0", alpha: float = 0.5, pixel_scale: Optional[float] = None,
           feature_scale: Optional[float] = None, extra_photos: tuple[str, ...] = (), calib_items: int = 32,
-          pool: Optional[list] = None, progress: bool = True) -> Path:
-    """Build (or resume) the dataset in ``out``; returns ``out``."""
+          pool: Optional[list] = None, progress: bool = True, recipe: str = "v3",
+          shard: tuple[int, int] = (0, 1)) -> Path:
+    """Build (or resume) the dataset in ``out``; returns ``out``.
+
+    ``shard=(i, n)`` builds only the items whose global position is ``i`` modulo ``n`` into
+    ``manifest.shard<i>-of-<n>.jsonl``: run ``n`` processes (or machines sharing the folder) with
+    ``i = 0..n-1``; together they write exactly the items one process would. Every shard computes
+    the same ``dataset.json`` (same seed) and writes it atomically."""
+    shard_i, shard_n = shard
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "dataset.json"
     photos = {s: photo_pool(s, extra_photos) for s in SPLITS}
-    pool = pool if pool is not None else default_pool()
+    pool = pool if pool is not None else default_pool(with_artifacts=recipe == "v2")
     feat = FEATURE_DISTANCES[feature]()
     cache = PhotoCache()
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        for key, val in (("seed", seed), ("hr_size", hr_size), ("feature", feature)):
-            if meta[key] != val:
-                raise ValueError(f"{out} was built with {key}={meta[key]!r}, not {val!r}: use another --out folder")
+        for key, val in (("seed", seed), ("hr_size", hr_size), ("feature", feature), ("recipe", recipe)):
+            if meta.get(key, "v2" if key == "recipe" else None) != val:
+                raise ValueError(f"{out} was built with {key}={meta.get(key)!r}, not {val!r}: use another --out folder")
         gcfg = GTMapConfig(**meta["gt_map"])
     else:
         if not photos["train"]:
             raise ValueError("the train split has no photos")
         if pixel_scale is None or feature_scale is None:
-            ps, fs = calibrate_scales(photos["train"], cache, pool, feat, hr_size, seed, calib_items)
+            ps, fs = calibrate_scales(photos["train"], cache, pool, feat, hr_size, seed, calib_items, recipe=recipe)
             pixel_scale = pixel_scale or ps
             feature_scale = feature_scale or fs
         gcfg = GTMapConfig(alpha=alpha, pixel_scale=pixel_scale, feature_scale=feature_scale)
-        meta = {"version": 1, "seed": seed, "hr_size": hr_size, "feature": feature, "gt_map": asdict(gcfg),
-                "changed_threshold": CHANGED_THRESHOLD, "pool": [m.name for m, _ in pool],
-                "photos": {s: [p.id for p in photos[s]] for s in SPLITS}}
-        tmp = meta_path.with_suffix(".tmp")
+        meta = {"version": 3 if recipe == "v3" else 1, "recipe": recipe, "seed": seed, "hr_size": hr_size,
+                "feature": feature, "gt_map": asdict(gcfg), "changed_threshold": CHANGED_THRESHOLD,
+                "pool": [m.name for m, _ in pool], "photos": {s: [p.id for p in photos[s]] for s in SPLITS}}
+        tmp = meta_path.with_suffix(f".tmp{shard_i}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, meta_path)
+    name = "manifest.jsonl" if shard_n == 1 else f"manifest.shard{shard_i}-of-{shard_n}.jsonl"
+    _rewrite_manifest(out / name)
     done = read_manifest(out)
-    _rewrite_manifest(out, done)
-    todo = [(s, i) for s in SPLITS for i in range(counts.get(s, 0)) if f"{s}/{i:06d}" not in done]
-    with open(out / "manifest.jsonl", "a") as manifest:
-        for split, i in tqdm(todo, desc="building FGR triplets", disable=not progress):
+    every = [(s, i) for s in SPLITS for i in range(counts.get(s, 0))]
+    todo = [(s, i) for k, (s, i) in enumerate(every) if k % shard_n == shard_i and f"{s}/{i:06d}" not in done]
+    desc = "building FGR triplets" + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "")
+    with open(out / name, "a") as manifest:
+        for split, i in tqdm(todo, desc=desc, disable=not progress):
             if not photos[split]:
                 raise ValueError(f"the {split} split has no photos; add photos with --photos")
             rng = item_rng(seed, split, i)
             photo = photos[split][int(rng.integers(len(photos[split])))]
             hr = random_hr_crop(cache.get(photo), hr_size, rng)
-            t = make_triplet(hr, pool, rng)
+            t = make_triplet(hr, pool, rng, recipe)
             mgt = gt_map(t["syn"], t["gt"], t["mask"], feat, gcfg)
             (out / split).mkdir(exist_ok=True)
             stem = out / split / f"{i:06d}"
@@ -216,8 +319,9 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
             _save_png(mgt, Path(f"{stem}_mgt.png"), bits=16)
             changed = (mgt > CHANGED_THRESHOLD) & (t["mask"] > 0.5)
             rec = {"id": f"{split}/{i:06d}", "split": split, "index": i, "photo": photo.id,
-                   "sr_method": t["sr_method"], "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
-                   "degradation": t["degradation"],
+                   "sr_method": t.get("sr_method"), "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
+                   "degradation": t.get("degradation"), "base": t["base"], "families": t["families"],
+                   "operators": t.get("operators"), "garbage": t.get("garbage"),
                    "mask_coverage": float(t["mask"].mean()), "changed_fraction": float(changed.mean()),
                    "mgt_mean": float(mgt.mean())}
             manifest.write(json.dumps(rec) + "\n")
@@ -240,11 +344,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the pixel term in M_gt")
     ap.add_argument("--pixel-scale", type=float, default=None, help="fixed scale of Diff_pixel (default: calibrated)")
     ap.add_argument("--feature-scale", type=float, default=None, help="fixed scale of Diff_feat (default: calibrated)")
+    ap.add_argument("--recipe", choices=RECIPES, default="v3", help="v3: defect families on photos, SR outputs "
+                    "and garbage; v2: SR outputs only (the earlier recipe)")
+    ap.add_argument("--shard", default=None, help="build only shard i of n (i/n, e.g. 0/4); default: the "
+                    "launcher's RANK/WORLD_SIZE, else everything")
     args = ap.parse_args(argv)
     if args.hr_size % 4:
         ap.error("--hr-size must be a multiple of 4 (the SR scale)")
     build(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.hr_size, args.seed,
-          args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos))
+          args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos),
+          recipe=args.recipe, shard=parse_shard(args.shard))
     print(f"dataset ready in {args.out}", file=sys.stderr)
     return 0
 

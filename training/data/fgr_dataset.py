@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .build_fgr import load_png, read_manifest
+from .families import families_of
 
 
 class FGRDataset(Dataset):
@@ -19,15 +20,16 @@ class FGRDataset(Dataset):
     from that seed (so a batch is a pure function of the step: exact resume)."""
 
     def __init__(self, root: str | Path, split: str, crop: Optional[int] = None, augment: bool = False,
-                 limit: Optional[int] = None) -> None:
+                 limit: Optional[int] = None, exclude_families: Sequence[str] = ()) -> None:
         self.root = Path(root)
         meta_path = self.root / "dataset.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{self.root} is not an FGR dataset (no dataset.json); build it with "
                                     "python -m training.data.build_fgr --out {self.root}")
         self.meta = json.loads(meta_path.read_text())
-        self.records = sorted((r for r in read_manifest(self.root).values() if r["split"] == split),
-                              key=lambda r: r["index"])
+        excluded = set(exclude_families)
+        self.records = sorted((r for r in read_manifest(self.root).values()
+                               if r["split"] == split and not (families_of(r) & excluded)), key=lambda r: r["index"])
         if limit is not None:
             self.records = self.records[:limit]
         if not self.records:
@@ -68,14 +70,17 @@ class FGRDataset(Dataset):
 
 def step_batches(n_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
                  world_size: int = 1) -> Iterator[list[tuple[int, int]]]:
-    """Infinite batches of ``(index, crop_seed)``; batch ``s`` depends only on (seed, s, rank), so
-    training resumed at step ``s`` sees exactly the batches an uninterrupted run would."""
+    """Infinite batches of ``(index, crop_seed)``. Step ``s`` draws one global batch of
+    ``batch_size * world_size`` items from (seed, s) and gives rank ``r`` its ``r``-th slice, so
+    training resumed at step ``s`` sees exactly the batches an uninterrupted run would, and ``n``
+    processes together see what one process with an ``n`` times larger batch sees."""
     step = start_step
     while True:
-        rng = np.random.default_rng([seed, step, rank, world_size])
-        idx = rng.integers(0, n_items, size=batch_size)
-        seeds = rng.integers(0, 2**31, size=batch_size)
-        yield [(int(i), int(s)) for i, s in zip(idx, seeds)]
+        rng = np.random.default_rng([seed, step])
+        idx = rng.integers(0, n_items, size=batch_size * world_size)
+        seeds = rng.integers(0, 2**31, size=batch_size * world_size)
+        part = slice(rank * batch_size, (rank + 1) * batch_size)
+        yield [(int(i), int(s)) for i, s in zip(idx[part], seeds[part])]
         step += 1
 
 

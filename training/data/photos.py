@@ -27,7 +27,8 @@ OPENCV_PHOTOS = ("aero1.jpg", "aero3.jpg", "apple.jpg", "baboon.jpg", "basketbal
                  "messi5.jpg", "orange.jpg", "rubberwhale1.png", "squirrel_cls.jpg", "stuff.jpg",
                  "graf1.png", "aloeL.jpg", "HappyFish.jpg", "smarties.png", "lena.jpg")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "retina", "brick",
-                  "grass", "gravel", "camera")
+                  "grass", "gravel", "camera", "coins", "moon", "immunohistochemistry", "cell")
+SKIMAGE_FILES = ("motorcycle_left.png",)  # photos in the wheel that skimage.data returns only in tuples
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -109,11 +110,14 @@ def offline_photos(sources: Iterable[str] = ("mate", "plasma", "opencv", "skimag
                 photos.append(Photo(f"opencv/{name}", "opencv", _file_loader(p)))
     if "skimage" in sources:
         try:
-            import skimage.data  # noqa: F401
+            import skimage.data
         except ImportError:
             pass
         else:
             photos += [Photo(f"skimage/{n}", "skimage", _skimage_loader(n)) for n in SKIMAGE_PHOTOS]
+            data_dir = Path(skimage.data.__file__).parent
+            photos += [Photo(f"skimage/{n}", "skimage", _file_loader(data_dir / n)) for n in SKIMAGE_FILES
+                       if (data_dir / n).is_file()]
     return photos
 
 

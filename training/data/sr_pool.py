@@ -107,9 +107,11 @@ class DiffusersSR:
 DEFAULT_NETWORKS = ("realesrgan-x4plus", "realesr-animevideov3-x4", "realesrgan-x4plus-anime", "waifu2x-photo-x2")
 
 
-def default_pool(device: str = "cpu", networks: tuple[str, ...] = DEFAULT_NETWORKS) -> list[tuple[SRMethod, float]]:
-    """The offline pool with sampling weights: real networks, classical upscalers, and both with
-    artifact operators on top (diverse, subtle, realistic local failures)."""
+def default_pool(device: str = "cpu", networks: tuple[str, ...] = DEFAULT_NETWORKS,
+                 with_artifacts: bool = True) -> list[tuple[SRMethod, float]]:
+    """The offline pool with sampling weights: real networks, classical upscalers, and (with
+    ``with_artifacts``, the v2 recipe) both with artifact operators on top. The v3 recipe draws its
+    operators itself (:func:`training.data.build_fgr.make_triplet`), so it uses the plain pool."""
     from diffusers_ext.srnets import available_models
 
     have = set(available_models())
@@ -126,6 +128,8 @@ def default_pool(device: str = "cpu", networks: tuple[str, ...] = DEFAULT_NETWOR
     cost = {"realesrgan-x4plus": 0.5, "realesrgan-x4plus-anime": 0.7}
     pool: list[tuple[SRMethod, float]] = [(m, 2.0 * cost.get(m.name, 1.0)) for m in nets]
     pool += [(m, 0.7) for m in classical]
+    if not with_artifacts:
+        return pool
     pool += [(ArtifactSR(m), 1.5 * cost.get(m.name, 1.0)) for m in nets]
     pool += [(ArtifactSR(m), 1.0) for m in classical[:2]]
     return pool
