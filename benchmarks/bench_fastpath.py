@@ -1,7 +1,7 @@
 """Before/after numbers for the reward model's fast-path options, measured side by side.
 
-    python benchmarks/bench_fastpath.py                                  # CPU, fp32 baseline vs the rest
-    python benchmarks/bench_fastpath.py --device cuda --batches 1,8,32   # GPU: adds fp16
+    python -m benchmarks.bench_fastpath                                  # CPU, fp32 baseline vs the rest
+    python -m benchmarks.bench_fastpath --device cuda --batches 1,8,32   # GPU: adds fp16
 
 Variants of the bundled model at its finest stage (score + full map), each against the default
 path (eager, float32, channels-last activations, BatchNorm folded into the convolutions, in-place
@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import pick_device, write_report, PeakMemory, machine, median_seconds, sync
+from diffusers_ext.hub import resolve_model_dir
+from diffusers_ext.models.finpercep_rm import FinPercepRM
 
-from benchmarks.common import pick_device, write_report, PeakMemory, machine, median_seconds, sync  # noqa: E402
-from diffusers_ext.hub import resolve_model_dir  # noqa: E402
-from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def variants(device: torch.device, compile_: bool) -> dict[str, dict]:

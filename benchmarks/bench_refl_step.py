@@ -1,7 +1,7 @@
 """What the reward costs inside a ReFL training step, for each policy kind.
 
-    python benchmarks/bench_refl_step.py                          # CPU: 128 px output, batch 1
-    python benchmarks/bench_refl_step.py --device cuda --dtype bf16 --size 512 --batch 4
+    python -m benchmarks.bench_refl_step                          # CPU: 128 px output, batch 1
+    python -m benchmarks.bench_refl_step --device cuda --dtype bf16 --size 512 --batch 4
 
 For each policy kind, with LoRA rank 8 and the bundled reward model at its finest stage:
 - ``feedforward``: a real pretrained Real-ESRGAN-family network (``--net``, weights from the
@@ -24,11 +24,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, machine, median_seconds
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, machine, median_seconds  # noqa: E402
-
 
 
 def build(kind: str, net: str, steps: int):

@@ -1,7 +1,7 @@
 """Reward-model cost on this machine, side by side with a global IQA of the paper's kind.
 
-    python benchmarks/bench_reward.py                                   # CPU: 256..2048 px, batch 1 and 8
-    python benchmarks/bench_reward.py --device cuda --dtype bf16 --sizes 512 --batches 1,8,32   # GPU table
+    python -m benchmarks.bench_reward                                   # CPU: 256..2048 px, batch 1 and 8
+    python -m benchmarks.bench_reward --device cuda --dtype bf16 --sizes 512 --batches 1,8,32   # GPU table
 
 Measures, in one process and one run (our machines are noisy: medians, and ratios against the
 peer measured right beside each row):
@@ -25,13 +25,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, flops, machine, matmul_peak, median_seconds
+from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone
+from diffusers_ext.hub import resolve_model_dir
+from diffusers_ext.models.finpercep_rm import FinPercepRM
 
-from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, flops, machine, matmul_peak, median_seconds  # noqa: E402
-from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone  # noqa: E402
-from diffusers_ext.hub import resolve_model_dir  # noqa: E402
-from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PEER = "CLIP-RN50 global (peer)"
 
@@ -50,7 +49,6 @@ class ClipIQAGlobal(torch.nn.Module):
 
 TILED_SCRIPT = r"""
 import json, sys, time, numpy as np
-sys.path.insert(0, sys.argv[1])
 from benchmarks.common import status_kb
 from diffusers_ext import FinPercepRewardPipeline
 pipe = FinPercepRewardPipeline.from_pretrained(); pipe.set_progress_bar_config(disable=True)
@@ -67,7 +65,8 @@ def stage_name(k: int, n: int) -> str:
 
 
 def tiled_4096() -> dict:
-    proc = subprocess.run([sys.executable, "-c", TILED_SCRIPT, str(ROOT)], capture_output=True, text=True, check=True)
+    proc = subprocess.run([sys.executable, "-c", TILED_SCRIPT], capture_output=True, text=True, check=True,
+                          cwd=ROOT)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -1,7 +1,7 @@
 """Time one ReFL LoRA step of an SD-2.1-sized one-step SR policy on a CUDA GPU (issue 3 §5).
 
-    python benchmarks/gpu_refl_step.py                   # 512x512 output, batch 1 2 4, bf16
-    python benchmarks/gpu_refl_step.py --size 256 --batches 1 --device cpu --dtype fp32   # smoke run
+    python -m benchmarks.gpu_refl_step                   # 512x512 output, batch 1 2 4, bf16
+    python -m benchmarks.gpu_refl_step --size 256 --batches 1 --device cpu --dtype fp32   # smoke run
 
 The UNet (865 M parameters) and VAE are built from the Stable Diffusion 2.1 base configs with random
 weights (no download); LoRA rank 8 on the UNet attention projections; the reward is the bundled
@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import DTYPES
 
-from benchmarks.common import DTYPES  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def build_policy(device, dtype, gradient_checkpointing: bool):

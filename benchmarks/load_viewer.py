@@ -1,9 +1,9 @@
 """Load test of the PDM viewer: N concurrent gradio_client users against ``demo/app.py`` on 127.0.0.1.
 
-    python benchmarks/load_viewer.py [--model FOLDER] [--clients 20] [--rounds 5] [--queue-size 16]
+    python -m benchmarks.load_viewer [--model FOLDER] [--clients 20] [--rounds 5] [--queue-size 16]
                                      [--concurrency 1] [--time-cap 600] [--json load.json]
 
-Starts ``python demo/app.py --host 127.0.0.1 --port <free> --queue-size Q --concurrency C [--model FOLDER]``
+Starts ``python -m demo.app --host 127.0.0.1 --port <free> --queue-size Q --concurrency C [--model FOLDER]``
 in a subprocess (default model: the bundled ``diffusers_ext/default``), then runs ``--clients`` users,
 each a thread with its own ``gradio_client.Client`` (its own session), in ``--rounds`` rounds. In a
 round all users start together (a barrier: a burst) and each does:
@@ -63,8 +63,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -73,7 +71,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 __all__ = ["LoadConfig", "LoadReport", "Request", "ViewerServer", "expected_scores", "main", "markdown",
            "run_load", "server_rss"]
 
-DISPLAY = (0.6, "inferno", "weighted")  # opacity, colormap, overlay mode: as the page's defaults
+DISPLAY = (0.6, "inferno", "uniform")  # opacity, colormap, overlay mode: as the page's defaults
 SCORE_TOL = 1e-4  # server vs direct pipeline score (thread counts may differ: float reductions)
 QUEUE_FULL = "Queue is full"
 
@@ -237,12 +235,19 @@ def _cpu_seconds(pid: int) -> Optional[float]:
         return None
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class ViewerServer:
-    """``python demo/app.py`` on 127.0.0.1 and a free port in a subprocess, with an RSS sampler."""
+    """``python -m demo.app`` on 127.0.0.1 and a free port in a subprocess, with an RSS sampler."""
 
     def __init__(self, cfg: LoadConfig, workdir: Path) -> None:
-        from demo.browser import free_port
-
         self.cfg = cfg
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -254,7 +259,7 @@ class ViewerServer:
         self._sampler: Optional[threading.Thread] = None
 
     def argv(self) -> list[str]:
-        a = [self.cfg.python, str(ROOT / "demo" / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
+        a = [self.cfg.python, "-m", "demo.app", "--host", "127.0.0.1", "--port", str(self.port),
              "--queue-size", str(self.cfg.queue_size), "--concurrency", str(self.cfg.concurrency)]
         return a + (["--model", str(self.cfg.model)] if self.cfg.model else [])
 

@@ -1,8 +1,8 @@
 """Run every benchmark in one go and collect the reports:
 
-    python benchmarks/run_all.py                     # CPU, writes benchmarks/results/*.md and *.json
-    python benchmarks/run_all.py --device cuda       # the GPU tables (bf16/fp16, 512 px, batch 1/8/32)
-    python benchmarks/run_all.py --only reward,fastpath
+    python -m benchmarks.run_all                     # CPU, writes benchmarks/results/*.md and *.json
+    python -m benchmarks.run_all --device cuda       # the GPU tables (bf16/fp16, 512 px, batch 1/8/32)
+    python -m benchmarks.run_all --only reward,fastpath
 
 Each benchmark runs in its own process (so one's memory does not count against the next) and its
 markdown report goes to ``--out/<name>.md`` (raw rows: ``<name>.json``). The reports are what
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         script, *extra = table[name]
         out = args.out / f"{name}{suffix}"
         json_flag = ["--json", str(out.with_suffix(".json"))]
-        cmd = [sys.executable, str(HERE / script), *extra, *json_flag]
+        cmd = [sys.executable, "-m", f"benchmarks.{Path(script).stem}", *extra, *json_flag]
         if script not in STDOUT_REPORT:
             cmd += ["--out", str(out.with_suffix(".md"))]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)

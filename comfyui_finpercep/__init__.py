@@ -13,6 +13,7 @@ NODE_IDS = (
     "FinPercepPDMToInpaintMask",
     "FinPercepLoadSRAdapter",
     "FinPercepOneStepSR",
+    "FinPercepLoadExampleImage",
 )
 """The registered node ids (``node_list.json`` at the repository root lists exactly these)."""
 

@@ -147,6 +147,25 @@ def _tiles(model, h: int, w: int, tile_size: int, tile_overlap: int) -> int:
     return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
 
 
+def previews(cls, text: Optional[str] = None, images: tuple = (), masks: tuple = ()) -> dict:
+    """The ``ui`` dict of a node: preview images (temp files, shown in the node on the canvas) and a
+    text, which the FinPercep web extension (``comfyui_finpercep/web/finpercep.js``) shows in the node."""
+    out: dict = {}
+    values = []
+    for image in images:
+        if image is not None:
+            values += ui.PreviewImage(image, cls=cls).values
+    for mask in masks:
+        if mask is not None:
+            values += ui.PreviewMask(mask, cls=cls).values
+    if values:
+        out["images"] = values
+        out["animated"] = (False,)
+    if text is not None:
+        out["text"] = (text,)
+    return out
+
+
 def _check_image(node: str, name: str, image) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[-1] not in (1, 3, 4):
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -340,7 +359,8 @@ class ScoreImage(io.ComfyNode):
         lines = [f"image {i}: score {s:.4f}, PDM mean {float(pdm[i].mean()):.3f} max {float(pdm[i].max()):.3f}"
                  for i, s in enumerate(scores)]
         text = f"stage {used}\n" + "\n".join(lines)
-        return io.NodeOutput(float(scores.mean()), [float(s) for s in scores], pdm, overlay, ui=ui.PreviewText(text))
+        return io.NodeOutput(float(scores.mean()), [float(s) for s in scores], pdm, overlay,
+                             ui=previews(cls, text, images=(overlay,), masks=(pdm,)))
 
 
 class BestOfN(io.ComfyNode):
@@ -385,8 +405,9 @@ class BestOfN(io.ComfyNode):
         text = "\n".join(f"{'*' if i == best else ' '} candidate {i}: reward {float(rewards[i]):.4f} "
                          f"(score {float(scores[i]):.4f}, worst-region PDM {float(terms.pdm_penalty[i]):.3f})"
                          for i in range(len(scores)))
-        return io.NodeOutput(rgb[best:best + 1].clone(), best, [float(r) for r in rewards], rgb[order].clone(),
-                             ui=ui.PreviewText(f"best: candidate {best} of {len(scores)}\n{text}"))
+        ranked = rgb[order].clone()
+        return io.NodeOutput(rgb[best:best + 1].clone(), best, [float(r) for r in rewards], ranked,
+                             ui=previews(cls, f"best: candidate {best} of {len(scores)}\n{text}", images=(ranked,)))
 
 
 class PDMToInpaintMask(io.ComfyNode):
@@ -425,7 +446,8 @@ class PDMToInpaintMask(io.ComfyNode):
         mask = feather_mask(mask, feather)
         if invert:
             mask = 1.0 - mask
-        return io.NodeOutput(mask.to(mm.intermediate_device()), coverage)
+        text = f"{'keep' if invert else 'inpaint'} mask: {100 * coverage:.1f}% of the pixels at PDM >= {threshold:g}"
+        return io.NodeOutput(mask.to(mm.intermediate_device()), coverage, ui=previews(cls, text, masks=(mask,)))
 
 
 # ------------------------------------------------------------------------------------ SR nodes
@@ -557,7 +579,63 @@ class OneStepSR(io.ComfyNode):
         return io.NodeOutput(torch.cat(outs).to(mm.intermediate_device()))
 
 
-NODES: list[type[io.ComfyNode]] = [LoadRewardModel, ScoreImage, BestOfN, PDMToInpaintMask, LoadSRAdapter, OneStepSR]
+# ------------------------------------------------------------------------------------ examples
+
+#: the repository's bundled example photos (a plain clone in custom_nodes/ has them)
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+NO_EXAMPLES = "(no examples found)"
+
+
+def example_choices() -> list[str]:
+    """The image files of the repository's ``examples/`` folder (sorted), the bundled inputs of the
+    example workflows; read when ComfyUI asks for the node list, nothing is copied anywhere."""
+    if not EXAMPLES_DIR.is_dir():
+        return [NO_EXAMPLES]
+    found = sorted(p.name for p in EXAMPLES_DIR.iterdir() if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES)
+    return found or [NO_EXAMPLES]
+
+
+class LoadExampleImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        choices = example_choices()
+        return io.Schema(
+            node_id="FinPercepLoadExampleImage",
+            display_name="FinPercep Load Example Image",
+            category=CATEGORY,
+            description="One of the example photos bundled with FinPercep (the repository's examples/ folder: a clean "
+                        "photo, real SR outputs, a photo with one painterly-smoothed patch), so the example workflows "
+                        "run as shipped. Use ComfyUI's Load Image for your own images.",
+            inputs=[io.Combo.Input("image", options=choices, default=choices[0],
+                                   tooltip="A file of FinPercep's examples/ folder.")],
+            outputs=[io.Image.Output(display_name="image")],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, image: str) -> str:
+        p = EXAMPLES_DIR / image
+        return f"{image}:{p.stat().st_mtime_ns if p.is_file() else 'missing'}"
+
+    @classmethod
+    def execute(cls, image: str) -> io.NodeOutput:
+        import numpy as np
+
+        from diffusers_ext.image_io import load_image, to_float_rgb
+
+        node = "FinPercep Load Example Image"
+        path = EXAMPLES_DIR / image
+        if Path(image).name != image or not path.is_file():
+            raise input_error(node, "image", f"{image!r} is not a file of {EXAMPLES_DIR}",
+                              "pick one of the listed examples (refresh the page), or use ComfyUI's Load Image")
+        rgb = to_float_rgb(load_image(path), image)
+        out = torch.from_numpy(np.ascontiguousarray(rgb))[None].to(mm.intermediate_device(), torch.float32)
+        h, w = rgb.shape[:2]
+        return io.NodeOutput(out, ui=previews(cls, f"{image}: {w}x{h} px", images=(out,)))
+
+
+NODES: list[type[io.ComfyNode]] = [LoadRewardModel, ScoreImage, BestOfN, PDMToInpaintMask, LoadSRAdapter, OneStepSR,
+                                   LoadExampleImage]
 assert tuple(n.define_schema().node_id for n in NODES) == NODE_IDS, "NODE_IDS and NODES disagree"
 
 

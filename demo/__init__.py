@@ -1,7 +1,8 @@
-"""FinPercep PDM viewer (Gradio): ``python demo/app.py`` or ``finpercep view``.
+"""FinPercep PDM viewer (Gradio): ``finpercep view`` or ``python -m demo.app``.
 
 Modules: ``core`` (scoring, rendering, regions, compare; no Gradio), ``models`` (model choice and
-cache), ``exports`` (downloads), ``viewer`` (the functions behind the widgets), ``app`` (the page
-and the command line), ``browser`` (headless Chromium driver for the end-to-end test and the
-README screenshot).
+cache), ``exports`` (downloads), ``viewer`` (the functions behind the widgets), ``cli`` (the command
+line, no Gradio: ``finpercep view`` finds it through the ``finpercep.commands`` entry point),
+``app`` (the page). The headless-browser driver of the tests is ``tests/viewer_browser.py``.
+Dependency direction: demo -> diffusers_ext, never back.
 """

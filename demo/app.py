@@ -1,8 +1,7 @@
 """FinPercep PDM viewer: see where an image is broken, compare two upscales, export the map.
 
-    python demo/app.py [--host 127.0.0.1] [--port 7860] [--model PATH|HUB_ID] [--device cpu]
-    finpercep view [--host ...] [--port ...]             # the same page
-    python demo/app.py --screenshot docs/viewer.png      # start, drive Chromium, save a screenshot, exit
+    finpercep view [--host 127.0.0.1] [--port 7860] [--model PATH|HUB_ID] [--device cpu]
+    python -m demo.app [...]                             # the same page and options (demo/cli.py)
 
 Safe by default: binds 127.0.0.1, never creates a share link, Gradio analytics off, uploads
 capped (``--max-file-size``, default 25 MB; images above ``--max-pixels`` are refused before
@@ -22,19 +21,17 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Optional, Sequence  # noqa: E402
 
-if __package__ in (None, ""):  # run as `python demo/app.py`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import gradio as gr  # noqa: E402
 from gradio import processing_utils as _gr_files  # noqa: E402
 
 from diffusers_ext.pdm import COLORMAPS  # noqa: E402
 
-from demo.core import REGION_HEADERS  # noqa: E402
+from demo import cli as _cli  # noqa: E402
+from demo.core import DEFAULT_OVERLAY, REGION_HEADERS  # noqa: E402
 from demo.models import KINDS, ModelLoadError, ModelRef  # noqa: E402
 from demo.viewer import BATCH_HEADERS, Viewer, ViewerConfig, ViewerError  # noqa: E402
 
-__all__ = ["ImageInput", "build_app", "launch", "limit_malloc_arenas", "main", "parse_args", "release_memory"]
+__all__ = ["ImageInput", "build_app", "launch", "limit_malloc_arenas", "main", "parse_args", "release_memory", "run"]
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CSS = """
@@ -160,10 +157,12 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
             tile = gr.Dropdown(TILE_CHOICES, value="default", allow_custom_value=True, label="Tile size (px)",
                                info="large images are scored in overlapping tiles of this size, like the CLI")
             gr.Markdown("#### Display")
-            alpha = gr.Slider(0.0, 1.0, value=0.6, step=0.05, label="Overlay opacity", elem_id="alpha")
+            alpha = gr.Slider(0.0, 1.0, value=DEFAULT_OVERLAY["alpha"], step=0.05, label="Overlay opacity",
+                              elem_id="alpha")
             cmap = gr.Dropdown(cmaps, value="inferno", label="Colormap", elem_id="cmap")
-            mode = gr.Radio(["weighted", "uniform"], value="weighted", label="Overlay mode",
-                            info="weighted: clean pixels untouched; uniform: the whole map at that opacity")
+            mode = gr.Radio(["uniform", "weighted"], value=DEFAULT_OVERLAY["mode"], label="Overlay mode",
+                            info="uniform: the whole map at that opacity (dark = clean, bright = degraded); "
+                                 "weighted: clean pixels untouched, only degraded ones tinted (faint for mild maps)")
             threshold = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Region threshold")
             top_k = gr.Slider(1, 20, value=5, step=1, label="Regions listed")
         model_inputs = [kind, ref, stage, tile]
@@ -182,13 +181,16 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                             gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples")
                     with gr.Column(scale=3):
                         score = gr.Markdown("Upload an image or pick an example.", elem_id="score")
-                        slider = gr.ImageSlider(type="pil", format="png", label="Image | PDM overlay (drag)",
-                                                elem_id="overlay", max_height=460, interactive=False)
+                        # slider_position 0: the overlay covers the whole image at first sight (a handle in
+                        # the middle would hide half of it, and maybe the defect); drag it right for the photo
+                        slider = gr.ImageSlider(type="pil", format="png", elem_id="overlay", max_height=460,
+                                                label="PDM overlay | image: drag the handle from the left edge",
+                                                interactive=False, slider_position=0)
                 with gr.Row():
                     boxes = gr.Image(type="pil", format="png", label="Worst regions", elem_id="regions-image",
                                      interactive=False, height=300, scale=2)
                     with gr.Column(scale=3):
-                        table = gr.Dataframe(headers=REGION_HEADERS, label="Worst regions, worst first (x1, y1 exclusive)", interactive=False, elem_id="regions-table", wrap=True,
+                        table = gr.Dataframe(headers=REGION_HEADERS, label="Worst regions, worst first (x1, y1 exclusive; regions along the image border rank lower)", interactive=False, elem_id="regions-table", wrap=True,
                                              column_widths=["7%", "19%", "32%", "14%", "14%", "14%"])
                         files = gr.File(label="Downloads: PDM .npy, PDM 16-bit PNG, overlay, JSON",
                                         file_count="multiple", interactive=False, elem_id="downloads")
@@ -303,46 +305,32 @@ def launch(app: gr.Blocks, config: ViewerConfig, host: str = "127.0.0.1", port: 
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="demo/app.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--model", default=None, help="reward model folder or Hub id (default: the bundled model)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ...")
-    p.add_argument("--max-file-size", default="25mb", help="largest upload, e.g. 25mb, 1gb (default 25mb)")
-    p.add_argument("--max-pixels", type=int, default=ViewerConfig.max_pixels,
-                   help="refuse larger images before decoding (default 36 MP)")
-    p.add_argument("--concurrency", type=int, default=1, help="model jobs running at once (default 1)")
-    p.add_argument("--queue-size", type=int, default=16, help="jobs waiting at most (default 16)")
-    p.add_argument("--max-batch", type=int, default=32, help="files per batch (default 32)")
-    p.add_argument("--examples", type=Path, default=ViewerConfig.examples_dir, help="folder of example images")
-    p.add_argument("--screenshot", type=Path, default=None,
-                   help="start on a free local port, score a photo in headless Chromium, save a PNG here, exit")
-    return p.parse_args(argv)
+    """The options of ``finpercep view`` / ``python -m demo.app`` (defined in demo/cli.py, no Gradio)."""
+    return _cli.parse_args(argv)
 
 
 def config_from_args(args: argparse.Namespace) -> ViewerConfig:
+    optional = {k: v for k, v in (("max_pixels", args.max_pixels), ("examples_dir", args.examples)) if v is not None}
     return ViewerConfig(model=ModelRef.from_cli(args.model), device=args.device, max_file_size=args.max_file_size,
                         concurrency=max(1, args.concurrency), queue_size=max(1, args.queue_size),
-                        max_pixels=args.max_pixels, max_batch=args.max_batch, examples_dir=args.examples)
+                        max_batch=args.max_batch, **optional)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line entry (also ``finpercep view``); returns the exit code."""
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Start the server with parsed options (``finpercep view`` calls this); returns the exit code."""
     limit_malloc_arenas()  # the server process: keep its memory flat under many users
     try:
         config = config_from_args(args)
     except ModelLoadError as e:
         print(f"finpercep view: {e}", file=sys.stderr)
         return 2
-    if args.screenshot is not None:
-        from demo.browser import take_screenshot
-
-        path = take_screenshot(args.screenshot, config)
-        print(f"screenshot saved to {path}", file=sys.stderr)
-        return 0
     launch(build_app(config), config, host=args.host, port=args.port, block=True)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m demo.app``; returns the exit code."""
+    return run(parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

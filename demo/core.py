@@ -19,11 +19,12 @@ import PIL.Image
 from PIL import Image
 
 from diffusers_ext.image_io import ImageInputError, describe, load_image, to_float_rgb
-from diffusers_ext.pdm import Region, draw_regions, overlay, region_stats, resize_pdm, summary
+from diffusers_ext.pdm import Region, draw_regions, label_components, overlay, resize_pdm, summary, worst_windows
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS", "IMAGE_SUFFIXES", "REGION_HEADERS", "Analysis", "Comparison", "ScoreGuide",
-    "analyze", "collect_images", "compare", "compare_markdown", "diff_image", "find_regions",
+    "BAND_LABELS", "CALIBRATED_BANDS", "DEFAULT_MAX_PIXELS", "DEFAULT_OVERLAY", "IMAGE_SUFFIXES", "REGION_HEADERS",
+    "Analysis", "Comparison", "ScoreGuide", "analyze", "border_weight", "collect_images", "compare",
+    "compare_markdown", "diff_image", "find_regions",
     "overlay_image", "region_rows", "regions_image", "score_markdown",
 ]
 
@@ -40,34 +41,60 @@ REGION_HEADERS = ["#", "kind", "box x0,y0,x1,y1", "area %", "mean", "max"]
 # ------------------------------------------------------------------------------------ score scale
 
 
+#: Bands of a calibrated score (``score_calibration`` in the model config: ``sigmoid(a * raw + b)``,
+#: clean photos near 0.9, heavily damaged images near 0.1): (lowest score, label, meaning).
+CALIBRATED_BANDS = (
+    (0.8, "looks clean", "no visible defect: in the range of clean photos (about 0.9)"),
+    (0.5, "some visible defects", "mostly fine, with defects in places: look at the map"),
+    (0.2, "clearly degraded", "visible degradation over large parts of the image"),
+    (float("-inf"), "severely degraded", "heavily damaged: in the range of badly degraded images (about 0.1)"),
+)
+BAND_LABELS = tuple(label for _, label, _ in CALIBRATED_BANDS)
+
+
 @dataclass(frozen=True)
 class ScoreGuide:
-    """How to read a global score: the typical scores of clean photos, of photos with one
-    SR-degraded region, and of fully super-resolved (degraded) images, for one model and stage.
+    """How to read a global score, in four plain bands (:data:`BAND_LABELS`).
 
-    :meth:`from_model_card` reads them from the test-split table that ``training/train_default.py``
-    writes into the model card (``score_gt``, ``score_syn``, ``score_sr``). Without such a table
-    the defaults are the training targets: clean anchored at 1.0 (``--stage0_anchor``), each
-    tier one ranking margin (0.1) lower. Bands split halfway between the typical values.
+    A **calibrated** model (``score_calibration`` in its config; the score is in (0, 1), clean photos
+    about 0.9, heavily damaged images about 0.1) uses the fixed :data:`CALIBRATED_BANDS`. An
+    uncalibrated model's raw score has no fixed scale; the fallback places it against the typical
+    scores of clean photos, of photos with one SR-degraded region and of fully super-resolved
+    images, for one model and stage: :meth:`from_model_card` reads them from the test-split table
+    that ``training/train_default.py`` writes into the model card (``score_gt``, ``score_syn``,
+    ``score_sr``); without such a table the defaults are the training targets (clean anchored at 1.0,
+    each tier one ranking margin, 0.1, lower). Those bands split halfway between the typical values.
     """
 
     clean: float = 1.0
     local: float = 0.9
     degraded: float = 0.8
     source: str = "training targets"
+    calibrated: bool = False
 
     def band(self, score: float) -> tuple[str, str]:
         """``(label, meaning)`` of ``score``."""
+        if self.calibrated:
+            return next((label, meaning) for lo, label, meaning in CALIBRATED_BANDS if score >= lo)
         if score >= (self.clean + self.local) / 2:
-            return "clean-like", f"in the range of clean photos (typical {self.clean:.2f})"
+            where = "at or above" if score >= self.clean else "near"
+            return BAND_LABELS[0], f"{where} the typical score of clean photos ({self.clean:.2f})"
         if score >= (self.local + self.degraded) / 2:
-            return "local defects", f"like photos with one SR-degraded region (typical {self.local:.2f})"
-        return "degraded", f"like fully super-resolved, degraded images (typical {self.degraded:.2f}) or worse"
+            return BAND_LABELS[1], f"near photos with one SR-degraded region (typical {self.local:.2f})"
+        if score >= self.degraded:
+            return BAND_LABELS[2], (f"closer to fully super-resolved, degraded images (typical {self.degraded:.2f}) "
+                                    f"than to photos with one degraded region (typical {self.local:.2f})")
+        return BAND_LABELS[3], f"below the typical score of fully super-resolved, degraded images ({self.degraded:.2f})"
 
     def legend(self) -> str:
-        return (f"Higher = better. Typical scores ({self.source}): clean photos {self.clean:.2f}, one SR-degraded "
-                f"region {self.local:.2f}, full SR output {self.degraded:.2f}. Compare candidates of the same "
-                "scene: differences mean more than absolute values across unrelated photos.")
+        if self.calibrated:
+            return ("Calibrated score in (0, 1), higher = better: clean photos score about 0.9, heavily damaged images "
+                    "about 0.1. Bands: ≥ 0.8 looks clean · 0.5–0.8 some visible defects · 0.2–0.5 clearly degraded "
+                    "· < 0.2 severely degraded.")
+        return (f"Uncalibrated score (this model's config has no score_calibration), higher = better. Typical scores "
+                f"({self.source}): clean photos {self.clean:.2f}, one SR-degraded region {self.local:.2f}, full SR "
+                f"output {self.degraded:.2f}. Compare candidates of the same scene: differences mean more than "
+                "absolute values across unrelated photos.")
 
     @classmethod
     def from_model_card(cls, text: str, stage: int) -> Optional["ScoreGuide"]:
@@ -96,8 +123,11 @@ class ScoreGuide:
         return cls(clean=gt, local=syn, degraded=sr, source=f"this model's test split, stage {row['stage']}")
 
     @classmethod
-    def for_model(cls, folder: Optional[Path], stage: int) -> "ScoreGuide":
-        """From ``folder``'s (or its parent's) ``README.md`` model card, else the training targets."""
+    def for_model(cls, folder: Optional[Path], stage: int, calibrated: bool = False) -> "ScoreGuide":
+        """The fixed calibrated bands when ``calibrated``; else from ``folder``'s (or its parent's)
+        ``README.md`` model card, else the training targets."""
+        if calibrated:
+            return cls(source="score_calibration", calibrated=True)
         for d in ([Path(folder), Path(folder).parent] if folder else []):
             card = d / "README.md"
             if card.is_file():
@@ -125,6 +155,7 @@ class Analysis:
     tiles: int  # 1 = scored in one pass
     stats: dict = field(default_factory=dict)
     guide: ScoreGuide = field(default_factory=ScoreGuide)
+    raw_score: Optional[float] = None  # the head's unbounded value (= score for an uncalibrated model)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -136,7 +167,8 @@ class Analysis:
         label, _ = self.guide.band(self.score)
         st = summary(self.pdm, threshold if threshold is not None else 0.5)
         return {
-            "image": self.name, "score": float(self.score), "band": label, "pdm_mean": st["mean"],
+            "image": self.name, "score": float(self.score), "band": label,
+            "raw_score": float(self.score if self.raw_score is None else self.raw_score), "pdm_mean": st["mean"],
             "pdm_max": st["max"], "pdm_p95": st["p95"], "frac_above": st["frac_above"],
             "threshold": st["threshold"], "stage": self.stage, "num_stages": self.num_stages,
             "model": self.model, "width": self.size[0], "height": self.size[1], "tiles": self.tiles,
@@ -219,17 +251,27 @@ def analyze(
     pdm = np.asarray(out.pdms[0], dtype=np.float32)
     if guide is None:
         folder = m.config.get("_name_or_path") if hasattr(m.config, "get") else None
-        guide = ScoreGuide.for_model(Path(folder) if folder else None, int(out.stage))
+        guide = ScoreGuide.for_model(Path(folder) if folder else None, int(out.stage),
+                                     calibrated=bool(getattr(m, "calibrated", False)))
+    raw = getattr(out, "raw_scores", None)
     return Analysis(name=label, rgb=rgb, score=float(out.scores[0]), pdm=pdm, stage=int(out.stage),
                     num_stages=m.num_stages, model=model_label, seconds=time.perf_counter() - t0,
-                    tiles=tiles, stats=summary(pdm), guide=guide)
+                    tiles=tiles, stats=summary(pdm), guide=guide,
+                    raw_score=float(raw[0]) if raw is not None else None)
 
 
 # ---------------------------------------------------------------------------------------- render
 
 
-def overlay_image(an: Analysis, alpha: float = 0.6, cmap: str = "inferno", mode: str = "weighted") -> PIL.Image.Image:
-    """The PDM as a heat map over the image (``mode`` ``"weighted"``: clean pixels stay untouched)."""
+#: The viewer's default display: the whole map at this opacity, so even a faint map shows at first
+#: sight (``"weighted"`` tints only degraded pixels and leaves mild maps barely visible).
+DEFAULT_OVERLAY = {"alpha": 0.6, "cmap": "inferno", "mode": "uniform"}
+
+
+def overlay_image(an: Analysis, alpha: float = DEFAULT_OVERLAY["alpha"], cmap: str = DEFAULT_OVERLAY["cmap"],
+                  mode: str = DEFAULT_OVERLAY["mode"]) -> PIL.Image.Image:
+    """The PDM as a heat map over the image (``mode`` ``"uniform"``: the whole map at ``alpha``, dark =
+    clean, bright = degraded; ``"weighted"``: clean pixels stay untouched)."""
     return overlay(an.rgb, an.pdm, alpha=float(alpha), cmap=cmap, mode=mode)
 
 
@@ -238,12 +280,68 @@ def as_pil(an: Analysis) -> PIL.Image.Image:
     return Image.fromarray(np.rint(an.rgb * 255.0).astype(np.uint8), mode="RGB")
 
 
+def border_weight(shape: tuple[int, int], band: Optional[int] = None) -> np.ndarray:
+    """Per-pixel weight of the region ranking: 1 inside, falling (quadratically) to 0.05 at the image
+    border over ``band`` px (default: an eighth of the shorter side, at least 8 px). A convolutional
+    map is least reliable there (padding; the model never sees beyond the edge), and the maps of
+    many images rise along their borders, so regions that hug the border must not outrank the defect."""
+    h, w = int(shape[0]), int(shape[1])
+    band = max(8, round(min(h, w) / 8)) if band is None else max(1, int(band))
+    dy = np.minimum(np.arange(h), np.arange(h)[::-1])[:, None]
+    dx = np.minimum(np.arange(w), np.arange(w)[::-1])[None, :]
+    d = np.minimum(dy, dx).astype(np.float32)
+    return np.clip((d + 0.5) / band, 0.0, 1.0) ** 2 * 0.95 + 0.05
+
+
 def find_regions(pdm: np.ndarray, threshold: float = 0.5, top_k: int = 5) -> list[Region]:
-    """The ``top_k`` most degraded regions (components of ``pdm >= threshold``, else grid windows).
-    An all-zero map (stage 0) has none."""
-    if float(np.max(pdm)) <= 0.0:
+    """The ``top_k`` most degraded regions, worst first. An all-zero map (stage 0) has none.
+
+    Regions are 8-connected components of ``pdm >= threshold`` (at least 0.1 % of the map), else
+    (no component) grid windows, as :func:`diffusers_ext.pdm.region_stats`. They are ranked by their
+    degradation weighted with :func:`border_weight`, so a band of high map values along the image
+    border (an artefact of the map, not a defect of the image) comes after the defects inside; the
+    reported mean / max stay the map's own values. A region with most of its pixels in the border band
+    of :func:`border_weight` ranks after every region inside."""
+    p = np.asarray(pdm, dtype=np.float32)
+    if p.size == 0 or float(np.max(p)) <= 0.0:
         return []
-    return region_stats(pdm, threshold=float(threshold), top_k=int(top_k))
+    top_k = max(0, int(top_k))
+    wmap = border_weight(p.shape)
+    labels, n = label_components(p >= float(threshold))
+    floor = max(1, int(np.ceil(0.001 * p.size)))
+    if n:
+        idx = np.flatnonzero(labels)  # the pixels of some component
+        lab = labels.ravel()[idx]
+        vals = p.ravel()[idx].astype(np.float64)
+        area = np.bincount(lab, minlength=n + 1)
+        total = np.bincount(lab, weights=vals, minlength=n + 1)
+        weighted = np.bincount(lab, weights=vals * wmap.ravel()[idx], minlength=n + 1)
+        at_border = np.bincount(lab, weights=(wmap.ravel()[idx] < 1.0).astype(np.float64), minlength=n + 1)
+        peak = np.zeros(n + 1, np.float64)
+        np.maximum.at(peak, lab, vals)
+        ys, xs = np.divmod(idx, p.shape[1])
+        x0 = np.full(n + 1, p.shape[1], np.int64)
+        y0 = np.full(n + 1, p.shape[0], np.int64)
+        x1 = np.zeros(n + 1, np.int64)
+        y1 = np.zeros(n + 1, np.int64)
+        np.minimum.at(x0, lab, xs)
+        np.minimum.at(y0, lab, ys)
+        np.maximum.at(x1, lab, xs)
+        np.maximum.at(y1, lab, ys)
+        keep = [k for k in range(1, n + 1) if area[k] >= floor]
+        # regions lying mostly in the border band come after all others; within each group the
+        # border-weighted degradation decides
+        keep.sort(key=lambda k: (at_border[k] >= 0.5 * area[k], -weighted[k], -peak[k], y0[k], x0[k]))
+        regions = [Region(int(x0[k]), int(y0[k]), int(x1[k]) + 1, int(y1[k]) + 1, int(area[k]),
+                          float(total[k] / area[k]), float(peak[k])) for k in keep[:top_k]]
+        if regions:
+            return regions
+    out = []
+    for r in worst_windows(p * wmap, top_k=top_k):  # placed by the weighted map, reported with the map's values
+        cell = p[r.y0:r.y1, r.x0:r.x1]
+        out.append(Region(r.x0, r.y0, r.x1, r.y1, r.area, float(cell.mean(dtype=np.float64)), float(cell.max()),
+                          kind="window"))
+    return out
 
 
 def regions_image(an: Analysis, regions: Sequence[Region]) -> PIL.Image.Image:
@@ -266,9 +364,10 @@ def score_markdown(an: Analysis) -> str:
     w, h = an.size
     how = f"{an.tiles} tiles" if an.tiles > 1 else "one pass"
     stage = f"stage {an.stage}/{an.num_stages}" + (" (global only, no map)" if an.stage == 0 else "")
+    raw = f" (raw {an.raw_score:.3f})" if an.guide.calibrated and an.raw_score is not None else ""
     return (
         f"### Score {an.score:.3f} · {label}\n"
-        f"{meaning}.\n\n"
+        f"{meaning[0].upper() + meaning[1:]}{raw}.\n\n"
         f"PDM mean {st['mean']:.3f} · max {st['max']:.3f} · p95 {st['p95']:.3f} · "
         f"{100 * st['frac_above']:.1f}% of pixels ≥ {st['threshold']:.2f}\n\n"
         f"`{an.name}` · {w}×{h} · {an.model or 'model'} · {stage} · {how} · {an.seconds:.2f} s\n\n"

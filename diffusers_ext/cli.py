@@ -1,11 +1,17 @@
 """The ``finpercep`` command line.
 
     finpercep score IMAGE... [--model PATH|HUB_ID] [--pdm-dir DIR] [--device cpu|cuda] [--tile N] [--stage K]
-    finpercep view [--port P] [--host 127.0.0.1]
+    finpercep view [--host 127.0.0.1] [--port 7860] [--model ...] ...   (from the demo package)
 
-``score`` prints one JSON object per image on stdout; a file that cannot be scored gets a one-line
+``score`` prints one JSON object per image on stdout (``score``: the calibrated score in (0, 1) of a
+calibrated model, clean photos near 0.9; ``raw_score``: the unbounded head output); a file that cannot be scored gets a one-line
 error on stderr naming the file and the reason, the others are still scored, and the exit code is
 1 when any failed (0 otherwise).
+
+Other packages add sub-commands through the ``finpercep.commands`` entry-point group: each entry
+point is a function ``register(subparsers)`` that adds its parser and sets ``func`` (a function of
+the parsed arguments returning the exit code). The viewer's ``view`` comes this way from
+``demo.cli``: the core library never imports a front end.
 """
 from __future__ import annotations
 
@@ -16,6 +22,32 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+
+COMMANDS_GROUP = "finpercep.commands"
+
+
+def _plugin_commands() -> dict[str, list]:
+    """Name -> the ``finpercep.commands`` entry points of that name, in ``sys.path`` order. Read from
+    every installed distribution: a stale metadata folder (say an old ``*.egg-info`` in the working
+    directory) must not hide the commands of the real install."""
+    from importlib.metadata import distributions
+
+    found: dict[str, list] = {}
+    for dist in distributions():
+        for ep in dist.entry_points:
+            if ep.group == COMMANDS_GROUP and ep.name != "score" and ep.value not in {e.value for e in found.get(ep.name, [])}:
+                found.setdefault(ep.name, []).append(ep)
+    return dict(sorted(found.items()))
+
+
+def _broken_command(name: str, error: Exception):
+    def run(args: argparse.Namespace) -> int:
+        print(f"finpercep {name}: this command's package failed to load: {error.__class__.__name__}: {error}",
+              file=sys.stderr)
+        return 2
+
+    return run
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -29,9 +61,21 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--tile", type=int, default=None, help="tile size for large images (0 = never tile)")
     sc.add_argument("--stage", type=int, default=None, help="curriculum stage (0 = global only; default: finest)")
     sc.add_argument("--cmap", default="inferno", help="overlay colormap (default: inferno)")
-    vw = sub.add_parser("view", help="start the Gradio PDM viewer")
-    vw.add_argument("--host", default="127.0.0.1")
-    vw.add_argument("--port", type=int, default=7860)
+    sc.set_defaults(func=score_command)
+    for name, candidates in _plugin_commands().items():
+        error: Optional[Exception] = None
+        for ep in candidates:
+            try:
+                register = ep.load()
+            except Exception as e:  # a broken add-on must not take `finpercep score` down with it
+                error = error or e
+                continue
+            register(sub)
+            break
+        else:
+            bad = sub.add_parser(name, help=f"(failed to load: {error.__class__.__name__})", add_help=False)
+            bad.add_argument("rest", nargs=argparse.REMAINDER)
+            bad.set_defaults(func=_broken_command(name, error))
     return parser
 
 
@@ -72,8 +116,8 @@ def score_command(args: argparse.Namespace) -> int:
             continue
         pdm = out.pdms[0]
         stats = summary(pdm)
-        record = {"image": str(path), "score": float(out.scores[0]), "pdm_mean": stats["mean"],
-                  "pdm_max": stats["max"], "pdm_npy": None, "overlay_png": None}
+        record = {"image": str(path), "score": float(out.scores[0]), "raw_score": float(out.raw_scores[0]),
+                  "pdm_mean": stats["mean"], "pdm_max": stats["max"], "pdm_npy": None, "overlay_png": None}
         if pdm_dir is not None:
             stem = _unique_stem(path, used)
             npy, png = pdm_dir / f"{stem}.pdm.npy", pdm_dir / f"{stem}.overlay.png"
@@ -84,23 +128,9 @@ def score_command(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def view_command(args: argparse.Namespace) -> int:
-    repo_root = Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(repo_root))
-    try:
-        from demo.app import main as demo_main
-    except ImportError as e:
-        print(f"finpercep view needs the demo extra and a source checkout: pip install -e '.[demo]' ({e})",
-              file=sys.stderr)
-        return 2
-    return int(demo_main(["--host", args.host, "--port", str(args.port)]) or 0)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _build_parser().parse_args(argv)
-    if args.command == "score":
-        return score_command(args)
-    return view_command(args)
+    return int(args.func(args) or 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

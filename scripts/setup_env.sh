@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Create (or refresh) the project's virtual environment in .venv: CPU torch first, then the package.
 # Usage: scripts/setup_env.sh [EXTRAS]   e.g. scripts/setup_env.sh train,dev
-# Idempotent: reinstalls only when pyproject.toml or the extras changed.
+# Idempotent: reinstalls only when pyproject.toml or the extras changed. With the train or dev
+# extras it also installs the Debian packages they use (scripts/system-packages.txt: photos,
+# BRISQUE model files, Chromium) through scripts/install_system_packages.sh, only the missing ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
 py="${PYTHON:-python3}"
 venv="${VENV:-.venv}"
+if [ -n "$extras" ]; then
+  bash scripts/install_system_packages.sh "$extras"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip

@@ -1,5 +1,8 @@
 """Two real CPU processes (gloo) through `accelerate launch`: both ranks must end with identical LoRA
-weights although each rank trains on different images (DDP all-reduces the LoRA gradients).
+weights although each rank trains on different images (DDP all-reduces the LoRA gradients), and
+both must switch the curriculum on the same steps, also where the switch is decided by the reward
+plateau rule (the tracker is fed the reward all-reduced over the ranks; a rank deciding on its own
+images' reward would switch on another step and then train against another reward-model stage).
 
 DESIGN.md §4: `accelerate launch --num_processes 2 --cpu` silently runs ONE process, so this test
 uses `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2` and checks the world
@@ -12,15 +15,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_tiny_model
+from fixture_models import make_detector_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_two_cpu_processes_end_with_identical_lora(tmp_path):
-    make_tiny_model(seed=0).save_pretrained(tmp_path / "rm")
+def test_two_cpu_processes_end_with_identical_lora_and_switch_on_the_same_steps(tmp_path):
+    # a reward whose map has structure (tests/fixture_models.py), so that the reward differs from image
+    # to image, hence from rank to rank (the tiny random model scores every image alike to 1e-5)
+    make_detector_model().save_pretrained(tmp_path / "rm")
+    # a fixed-length stage, then a plateau stage: window 1, threshold 0 = switch at the first step
+    # whose (all-reduced) reward is below the previous one, at the latest after 4 steps
     (tmp_path / "sched.json").write_text(json.dumps({"stages": [
-        {"rm_stage": 0, "steps": 1}, {"rm_stage": 4, "lambda_pdm": 1.0}]}))
+        {"rm_stage": 0, "steps": 1},
+        {"rm_stage": 2, "lambda_pdm": 0.5, "plateau_window": 1, "plateau_threshold": 0.0, "max_steps": 4},
+        {"rm_stage": 4, "lambda_pdm": 1.0}]}))
     out = tmp_path / "run"
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "MASTER_PORT": "29617"}
@@ -28,7 +37,7 @@ def test_two_cpu_processes_end_with_identical_lora(tmp_path):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29617",
            str(ROOT / "training" / "ccl_lora.py"),
            "--reward_model", str(tmp_path / "rm"), "--ccl_config", str(tmp_path / "sched.json"),
-           "--max_train_steps", "3", "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
+           "--max_train_steps", "6", "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
            "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", "2", "--no_brisque",
            "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
            "--num_threads", "1", "--output_dir", str(out)]
@@ -42,4 +51,12 @@ def test_two_cpu_processes_end_with_identical_lora(tmp_path):
     ckpt = out / "checkpoints" / "checkpoint-2"
     assert (ckpt / "COMPLETE").is_file() and (ckpt / "random_states_1.pkl").is_file()
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["rm_stage"] for r in log] == [0, 4, 4]
+    switches = res["switches"]
+    assert [s["reason"] for s in switches] == ["steps", "plateau"] and switches[0]["step"] == 1
+    # the plateau switch really followed the (all-reduced, logged) reward: the first drop after 2 steps
+    rewards = {r["step"]: r["reward"] for r in log}
+    drop = next(t for t in range(3, 7) if rewards[t] < rewards[t - 1])
+    assert switches[1]["step"] == drop
+    # ... and both ranks switched on exactly those steps
+    assert res["rank_switch_steps"] == [[1, drop, -1]] * 2, res["rank_switch_steps"]
+    assert [r["rm_stage"] for r in log] == [0] + [2] * (drop - 1) + [4] * (6 - drop)

@@ -1,12 +1,15 @@
-"""training/ccl/experiment.py end to end at toy scale: an arm trains once per seed (real pretrained
-feed-forward net, tiny reward model and an independent tiny judge), the test crops are scored, the
-seeds are aggregated, the curves are drawn, and a rerun resumes instead of retraining."""
+"""training/ccl/experiment.py end to end at toy scale (real pretrained feed-forward net, tiny reward
+model and an independent tiny judge): all three arms (global, full, ccl) train with their own reward
+schedules and are scored on the test crops; an arm runs once per seed and the seeds are aggregated;
+the curves are drawn; a rerun resumes instead of retraining. To stay cheap, the three arms run for
+seed 0, then the ccl arm for seeds 0 and 1 in the same folder (seed 0 is reused, not retrained)."""
 from __future__ import annotations
 
 import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_tiny_model
 from PIL import Image
 
@@ -18,15 +21,38 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("experiment")
     make_tiny_model(seed=0).save_pretrained(root / "rm")
     make_tiny_model(seed=5).save_pretrained(root / "judge")
-    argv = ["--out", str(root / "out"), "--reward_model", str(root / "rm"), "--judge_model", str(root / "judge"),
-            "--arms", "ccl", "--seeds", "0,1", "--steps", "2", "--batch", "1", "--hr_size", "64",
-            "--validation_steps", "1", "--validation_images", "2", "--test_images", "2", "--photo_sources", "skimage",
-            "--num_threads", "1"]
-    return root, argv, experiment.main(argv)
+    common = ["--out", str(root / "out"), "--reward_model", str(root / "rm"), "--judge_model", str(root / "judge"),
+              "--steps", "4", "--batch", "1", "--hr_size", "64", "--validation_steps", "2", "--validation_images", "2",
+              "--test_images", "2", "--photo_sources", "skimage", "--num_threads", "1"]
+    all_arms = experiment.main([*common, "--arms", "global,full,ccl", "--seeds", "0"])
+    argv = [*common, "--arms", "ccl", "--seeds", "0,1"]
+    return root, argv, experiment.main(argv), all_arms
 
 
-def test_every_arm_and_seed_is_trained_scored_and_aggregated(run):
-    root, _, res = run
+def test_all_three_arms_train_with_their_schedules_and_are_scored(run):
+    from safetensors.torch import load_file
+
+    root, _, _, res = run
+    out = root / "out" / "seed0"
+    stages = {arm: [json.loads(x)["rm_stage"] for x in (out / arm / "train_log.jsonl").read_text().splitlines()]
+              for arm in ("global", "full", "ccl")}
+    n = make_tiny_model().num_stages
+    assert stages == {"global": [0] * 4, "full": [n] * 4, "ccl": [0, 2, 3, 4]}  # RM_0 / RM_N / the curriculum
+    assert list(res["mean_over_seeds"]) == ["base", "global", "full", "ccl", "hr (reference)"]
+    rows = res["per_seed"][0]["rows"]
+    assert all(np.isfinite(rows[arm]["reward_final"]) and np.isfinite(rows[arm]["psnr"]) for arm in stages)
+    # the reward schedule is all that differs between the arms, and it changes what they learn
+    weights = {arm: load_file(str(out / arm / "lora" / "pytorch_lora_weights.safetensors")) for arm in stages}
+    for a, b in (("global", "full"), ("global", "ccl"), ("full", "ccl")):
+        assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
+    assert [s["to_rm_stage"] for s in res["switches"]["ccl/seed0"]] == [2, 3, 4]
+    assert res["switches"]["global/seed0"] == res["switches"]["full/seed0"] == []
+    table = (out.parent / "results.md").read_text()
+    assert "| ccl |" in table  # results.md is rewritten by the later ccl-only call
+
+
+def test_an_arm_runs_once_per_seed_and_the_seeds_are_aggregated(run):
+    root, _, res, _ = run
     out = root / "out"
     for seed in (0, 1):
         for arm in ("ccl",):
@@ -54,7 +80,7 @@ def test_every_arm_and_seed_is_trained_scored_and_aggregated(run):
 
 
 def test_rerun_resumes_finished_runs(run):
-    root, argv, res = run
+    root, argv, res, _ = run
     stamp = {p: p.stat().st_mtime_ns for p in (root / "out").glob("seed*/*/lora/pytorch_lora_weights.safetensors")}
     again = experiment.main(argv)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing retrained

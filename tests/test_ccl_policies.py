@@ -12,7 +12,7 @@ from safetensors import safe_open
 from diffusers_ext.policies import (LORA_WEIGHT_NAME, FeedForwardSRPolicy, OneStepSDPolicy, UpscaleSDPolicy,
                                     predict_x0)
 from diffusers_ext.rewards import RewardConfig, compute_reward
-from training.ccl.components import save_tiny_sd
+from tiny_sd import save_tiny_sd
 
 FF_NET = "realesr-animevideov3-x4"
 

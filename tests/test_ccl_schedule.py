@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffusers_ext.rewards import CCLSchedule, CurriculumStage, CurriculumTracker, RewardConfig, refl_loss
+from diffusers_ext.rewards import RewardConfig, refl_loss
+from training.ccl.schedule import CCLSchedule, CurriculumStage, CurriculumTracker
 from training.checkpointing import atomic_write_dir, find_checkpoint, list_checkpoints, recover_dir
 
 CONFIGS = Path(__file__).resolve().parent.parent / "training" / "configs"

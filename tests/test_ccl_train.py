@@ -3,7 +3,6 @@ resume, LoRA folder + model card, push to a local Hub server and load back."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,11 +14,13 @@ from conftest import make_tiny_model
 from hub_fixtures import local_hub  # noqa: F401
 from safetensors.torch import load_file
 
+from tiny_sd import save_tiny_sd
+
 from training import ccl_lora
-from training.ccl.components import save_tiny_sd
+from training.ccl import monitor as ccl_monitor
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "training" / "ccl_lora.py"
+KILL_AFTER = ROOT / "tests" / "ccl_kill_after.py"  # runs ccl_lora.main and SIGKILLs it after step N
 SCHEDULE = {"stages": [{"rm_stage": 0, "steps": 1},
                        {"rm_stage": 2, "lambda_pdm": 0.5, "plateau_window": 1, "plateau_threshold": 10.0},
                        {"rm_stage": 4, "lambda_pdm": 1.0}]}
@@ -94,8 +95,11 @@ def test_run_outputs_curriculum_monitor_and_card(assets, tmp_path):
     assert all("fidelity" in r for r in log)
     mon = [json.loads(x) for x in (out / "monitor.jsonl").read_text().splitlines()]
     assert [m["step"] for m in mon] == [0, 2, 4]
-    for key in ("reward", "score", "pdm_penalty", "psnr", "ssim", "brisque", "judge_score", "judge_flagged"):
+    for key in ("reward", "score", "pdm_penalty", "psnr", "ssim", "judge_score", "judge_flagged"):
         assert all(key in m for m in mon), key
+    # BRISQUE (default --brisque auto) is there exactly when its model files are (Debian opencv-doc)
+    has_brisque = ccl_monitor.brisque_unavailable() is None
+    assert all(("brisque" in m) == has_brisque for m in mon)
     assert 5 < mon[0]["psnr"] < 60 and 0 <= mon[-1]["judge_flagged"] <= 1
     assert (out / "monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert list((out / "logs").rglob("events.out.tfevents*")), "no TensorBoard events"
@@ -104,7 +108,7 @@ def test_run_outputs_curriculum_monitor_and_card(assets, tmp_path):
     card = (lora / "README.md").read_text()
     front = card.split("---")[1]
     assert "library_name:" in front and "- lora" in front and "- super-resolution" in front
-    assert '"rm_stage": 4' in card and "psnr" in card and "accelerate launch training/ccl_lora.py" in card
+    assert '"rm_stage": 4' in card and "psnr" in card and "accelerate launch -m training.ccl_lora" in card
     assert not list(tmp_path.glob("run/lora.*")), "temporary adapter folders left behind"
     # the adapter moved away from its zero init and loads back into a fresh policy
     from diffusers_ext.policies import FeedForwardSRPolicy
@@ -116,9 +120,8 @@ def test_run_outputs_curriculum_monitor_and_card(assets, tmp_path):
 def test_sigkill_then_resume_matches_an_uninterrupted_run(assets, tmp_path):
     ref_out, out = tmp_path / "ref", tmp_path / "crash"
     ccl_lora.main(base_args(assets, ref_out, steps=5))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), *base_args(assets, out, steps=5),
-                           "--debug_sigkill_after_step", "3"], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(KILL_AFTER), "3", *base_args(assets, out, steps=5)],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (out / "checkpoints" / "checkpoint-2" / "COMPLETE").is_file()
     assert not (out / "lora").exists()
@@ -129,6 +132,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(assets, tmp_path):
     a, b = lora_tensors(ref_out), lora_tensors(out)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
     assert res["switches"] == json.loads((ref_out / "result.json").read_text())["switches"]
+
+
+def test_missing_brisque_files_warn_unless_asked_for(tmp_path, monkeypatch, caplog):
+    """A fresh machine without Debian opencv-doc: the default (--brisque auto) warns once and leaves
+    the column out; --brisque on stops the trainer before any work, naming the fix."""
+    monkeypatch.setattr(ccl_monitor, "BRISQUE_DIRS", (tmp_path / "nothing-here",))
+    monkeypatch.delenv("FINPERCEP_BRISQUE_DIR", raising=False)
+    assert "opencv-doc" in ccl_monitor.brisque_unavailable()
+    with caplog.at_level("WARNING"):
+        assert ccl_monitor.make_brisque("auto") is None
+    assert "brisque" in caplog.text and "opencv-doc" in caplog.text
+    assert ccl_monitor.make_brisque("off") is None and ccl_monitor.make_brisque(False) is None
+    with pytest.raises(FileNotFoundError, match="--brisque on.*opencv-doc"):
+        ccl_monitor.make_brisque("on")
+    with pytest.raises(SystemExit, match="--brisque on.*opencv-doc"):
+        ccl_lora.main(["--brisque", "on", "--output_dir", str(tmp_path / "run"), "--max_train_steps", "1"])
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    assert ccl_lora.parse_args(["--no_brisque"]).brisque == "off" and ccl_lora.parse_args([]).brisque == "auto"
 
 
 def test_onestep_push_to_local_hub_then_load_back(assets, tmp_path, local_hub):  # noqa: F811

@@ -4,8 +4,13 @@ Session set-up (see tests/comfyui/): install ComfyUI and its venv (setup_comfyui
 the repository), build tiny diffusion components + SR adapters with peft (make_test_assets.py,
 cached), lay out a ComfyUI base directory with this repository linked into custom_nodes/, real
 photos (scikit-image) in input/, and start `main.py --cpu` with HF_ENDPOINT pointing at the local
-Hub test server. The shipped example workflows (workflows/api/*.json) then run through POST /prompt
-with the bundled reward model (and the tiny SD components for the SR / inpainting parts).
+Hub test server. The shipped example workflows (example_workflows/api/*.json) then run through POST
+/prompt with the bundled reward model (and the tiny SD components for the SR / inpainting parts), the
+template route serves every UI workflow, each of them opens, runs and is screenshotted in the real
+frontend in headless Chromium, and feed-forward upscalers exported in spandrel's layout run in
+ComfyUI's core upscale nodes exactly like our policy.
+
+Screenshots go to a temporary folder; FINPERCEP_UPDATE_DOCS=1 writes them into docs/ (the README's).
 """
 from __future__ import annotations
 
@@ -22,12 +27,14 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "comfyui"))
-from finpercep_comfy_harness import ComfyServer, ensure_comfyui, run_in_comfy_venv  # noqa: E402
-from hub_server import LocalHubServer, hub_env  # noqa: E402
+from finpercep_comfy_harness import ComfyServer, ensure_comfyui, run_in_comfy_venv  # tests/comfyui: pyproject pythonpath
+from hub_server import LocalHubServer, hub_env
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOWS = REPO / "workflows" / "api"
+UI_WORKFLOWS = REPO / "example_workflows"
+WORKFLOWS = UI_WORKFLOWS / "api"
+TEMPLATE_FOLDER = "finpercep"  # the name of the custom-node folder (the symlink below)
+BASE_UPSCALER = "realesr-animevideov3-x4.safetensors"  # what the upscale workflow's note tells users to export
 NODE_IDS = list(json.loads((REPO / "node_list.json").read_text()))
 BUNDLED = "(bundled default)"
 SIZE = 256
@@ -77,12 +84,17 @@ def comfy(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
-    os.symlink(REPO, base / "custom_nodes" / "finpercep")
+    os.symlink(REPO, base / "custom_nodes" / TEMPLATE_FOLDER)
     (base / "models" / "checkpoints").mkdir(parents=True)
     os.symlink(assets / "models" / "checkpoints" / info["checkpoint"], base / "models" / "checkpoints" / info["checkpoint"])
     shutil.copytree(assets / "models" / "loras", base / "models" / "loras")
     (base / "input").mkdir()
     photos = _photos(base / "input")
+    # the pretrained base upscaler, exported with the command the upscale workflow's note gives users
+    upscalers = base / "models" / "upscale_models"
+    upscalers.mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "diffusers_ext.upscale_cli", "realesr-animevideov3-x4", "--save-model",
+                    str(upscalers / BASE_UPSCALER)], check=True, cwd=REPO, timeout=300, capture_output=True)
 
     # The reward model the workflows use: the bundled default. FINPERCEP_COMFYUI_TEST_REWARD_MODEL=<folder>
     # swaps in another (e.g. a checkpoint still in training) under models/finpercep/test_rm.
@@ -121,11 +133,15 @@ def comfy(tmp_path_factory):
     hub.stop()
 
 
-def _wf(name: str, comfy=None) -> dict:
+def _wf(name: str, comfy=None, photos: dict | None = None) -> dict:
+    """An API workflow as shipped; ``photos`` (node id -> file in input/) swaps example nodes for Load Image."""
     wf = json.loads((WORKFLOWS / f"{name}.json").read_text())
     for node in wf.values():
         if node["class_type"] == "FinPercepLoadRewardModel" and comfy is not None:
             node["inputs"]["model"] = comfy.reward_model
+    for nid, photo in (photos or {}).items():
+        assert wf[nid]["class_type"] == "FinPercepLoadExampleImage", (name, nid)
+        wf[nid] = {"class_type": "LoadImage", "inputs": {"image": photo}}
     return wf
 
 
@@ -179,8 +195,7 @@ def test_every_node_is_listed_and_loaded(comfy):
 
 
 def test_score_workflow_on_a_photo_with_a_pasted_artifact(comfy):
-    wf = _wf("finpercep_score", comfy)
-    wf["1"]["inputs"]["image"] = comfy.photos["artifact"].name
+    wf = _wf("finpercep_score", comfy, {"1": comfy.photos["artifact"].name})
     r = _ok(comfy.server.run(wf), comfy)
     pdm = _img(comfy, r, "6")[..., 0]
     overlay = _img(comfy, r, "4")
@@ -208,10 +223,8 @@ def test_score_workflow_on_a_photo_with_a_pasted_artifact(comfy):
 
 
 def test_best_of_n_orders_clean_mild_heavy(comfy):
-    wf = _wf("finpercep_best_of_n", comfy)
-    wf["1"]["inputs"]["image"] = comfy.photos["heavy"].name
-    wf["3"]["inputs"]["image"] = comfy.photos["clean"].name
-    wf["4"]["inputs"]["image"] = comfy.photos["mild"].name
+    wf = _wf("finpercep_best_of_n", comfy, {"1": comfy.photos["heavy"].name, "3": comfy.photos["clean"].name})
+    wf["4"]["inputs"]["scale_by"], wf["11"]["inputs"]["scale_by"] = 0.5, 2.0  # candidate 2: bicubic x2 of the clean photo
     r = _ok(comfy.server.run(wf), comfy)
     text = r.texts("7")[0]
     assert text.startswith("best: candidate 1 of 3"), text
@@ -220,6 +233,7 @@ def test_best_of_n_orders_clean_mild_heavy(comfy):
     best = _img(comfy, r, "8")
     clean = np.asarray(Image.open(comfy.photos["clean"]).convert("RGB"), np.float32) / 255
     assert np.abs(best - clean).max() < 1.5 / 255
+    assert len(r.images("7")) == 3, "Best of N previews the ranked candidates on the canvas"
     ranked = [_img(comfy, r, "9", i) for i in range(3)]
     assert np.abs(ranked[0] - clean).max() < 1.5 / 255
     # with the PDM term on, the clean photo still wins (its worst region is the least degraded)
@@ -229,8 +243,7 @@ def test_best_of_n_orders_clean_mild_heavy(comfy):
 
 
 def test_fix_where_bad_inpaints_only_the_defect(comfy):
-    wf = _tiny_sd(_wf("finpercep_fix_where_bad", comfy), comfy)
-    wf["1"]["inputs"]["image"] = comfy.photos["artifact"].name
+    wf = _tiny_sd(_wf("finpercep_fix_where_bad", comfy, {"1": comfy.photos["artifact"].name}), comfy)
     r = _ok(comfy.server.run(wf), comfy)
     mask = _img(comfy, r, "15")[..., 0]
     fixed = _img(comfy, r, "12")
@@ -253,8 +266,8 @@ def test_fix_where_bad_inpaints_only_the_defect(comfy):
 
 
 def test_upscale_score_fix_loop_with_the_sr_adapter(comfy):
-    wf = _tiny_sd(_wf("finpercep_upscale_score_fix", comfy), comfy)
-    wf["1"]["inputs"]["image"] = comfy.photos["lowres"].name
+    wf = _tiny_sd(_wf("finpercep_upscale_score_fix", comfy, {"1": comfy.photos["lowres"].name}), comfy)
+    wf["22"]["inputs"]["scale_by"] = 1.0  # the photo is low-res already
     r = _ok(comfy.server.run(wf), comfy)
     sr = _img(comfy, r, "7")
     assert sr.shape == (128, 192, 3) and np.isfinite(sr).all() and sr.std() > 0
@@ -414,15 +427,172 @@ def test_errors_name_the_input_and_the_fix(comfy):
 
 
 def test_ui_workflows_are_the_twins_of_the_api_workflows(comfy, tmp_path):
-    """workflows/*.json (editor format) are generated from workflows/api/*.json with this server's
-    /object_info; a change of a node's inputs or of an API workflow must regenerate them."""
+    """example_workflows/*.json (editor format) are generated from example_workflows/api/*.json (+ the
+    .md notes) with this server's /object_info; a change of a node's inputs, of an API workflow or of a
+    note must regenerate them."""
     info = tmp_path / "object_info.json"
     info.write_text(json.dumps(comfy.server.object_info()))
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "comfyui" / "api_to_ui.py"), str(info), "--check"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for ui_file in sorted((REPO / "workflows").glob("*.json")):
+    for ui_file in sorted(UI_WORKFLOWS.glob("*.json")):
         ui = json.loads(ui_file.read_text())
         api = json.loads((WORKFLOWS / ui_file.name).read_text())
-        assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"] for n in api.values())
+        assert sorted(n["type"] for n in ui["nodes"] if n["type"] != "MarkdownNote") == sorted(
+            n["class_type"] for n in api.values())
         assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+
+
+# ------------------------------------------------------------------------------------ templates, first Run, browser
+
+
+def test_template_route_serves_every_workflow(comfy):
+    """ComfyUI's template browser lists the first existing of example_workflows/, example/, examples/,
+    workflow/, workflows/ (our examples/ holds images): every UI workflow must be listed and served."""
+    names = sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
+    assert len(names) >= 5
+    listed = comfy.server.get("/workflow_templates")
+    assert sorted(listed.get(TEMPLATE_FOLDER, [])) == names, listed
+    for name in names:
+        served = comfy.server.get(f"/api/workflow_templates/{TEMPLATE_FOLDER}/{name}.json")
+        assert served == json.loads((UI_WORKFLOWS / f"{name}.json").read_text()), name
+
+
+def test_example_image_node_lists_the_bundled_examples(comfy):
+    opts = comfy.server.object_info()["FinPercepLoadExampleImage"]["input"]["required"]["image"][1]["options"]
+    assert opts == sorted(p.name for p in (REPO / "examples").iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    used = {n["inputs"]["image"] for f in WORKFLOWS.glob("*.json") for n in json.loads(f.read_text()).values()
+            if n["class_type"] == "FinPercepLoadExampleImage"}
+    assert used and used <= set(opts)
+
+
+def test_reward_workflows_run_as_shipped(comfy):
+    """A new user's first Run: nothing changed but the reward model choice of a test override."""
+    for name in ("finpercep_score", "finpercep_best_of_n", "finpercep_upscale_model_score"):
+        r = _ok(comfy.server.run(_wf(name, comfy)), comfy)
+        texts = [t for node in r.outputs.values() for t in node.get("text", [])]
+        assert any("score" in t for t in texts), (name, r.outputs)
+    # the last one, the upscale workflow: the pretrained model's x4 scores above a bicubic x4 of the same input
+    model_score, bicubic_score = (_scores(r.texts(n)[0])[0] for n in ("6", "9"))
+    assert model_score > bicubic_score, (model_score, bicubic_score)
+
+
+def test_sd_workflows_name_the_checkpoint_and_adapter_to_get(comfy):
+    for name in ("finpercep_fix_where_bad", "finpercep_upscale_score_fix"):
+        note = (WORKFLOWS / f"{name}.md").read_text()
+        wf = _wf(name, comfy)
+        for node in wf.values():
+            if node["class_type"] == "CheckpointLoaderSimple":
+                assert node["inputs"]["ckpt_name"] in note and "Comfy-Org/stable-diffusion-v1-5-archive" in note
+            if node["class_type"] == "FinPercepLoadSRAdapter":
+                assert node["inputs"]["adapter"].split("/")[0] in note and "training.ccl_lora" in note
+        # as shipped, without the checkpoint: ComfyUI refuses the nodes that need it, naming the file (the
+        # reward part runs: ComfyUI executes the outputs whose inputs are valid)
+        status, body = comfy.server.post("/prompt", {"prompt": wf, "client_id": "sd-check"})
+        msg = json.dumps(body.get("node_errors") or body)
+        assert "v1-5-pruned-emaonly-fp16.safetensors" in msg and "ckpt_name" in msg, msg
+        ui = json.loads((UI_WORKFLOWS / f"{name}.json").read_text())
+        notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
+        assert notes == [note.strip() + "\n"], "the note shows in the editor"
+
+
+def _tuned_policy(name: str = "realesr-animevideov3-x4", seed: int = 0):
+    """A real pretrained network with a LoRA whose B matrices are random: what a trainer run leaves."""
+    import torch
+
+    from diffusers_ext.policies import FeedForwardSRPolicy
+
+    torch.manual_seed(seed)
+    policy = FeedForwardSRPolicy.from_pretrained(name).add_lora(rank=2, alpha=4.0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    return policy.eval()
+
+
+def test_spandrel_loads_the_exported_upscaler_like_our_policy(comfy, tmp_path):
+    """spandrel's ModelLoader and ComfyUI's core Load Upscale Model + Upscale Image (using Model), in
+    ComfyUI's own environment, on files of diffusers_ext.srnets.export: the tuned policy's images."""
+    import torch
+
+    from diffusers_ext.srnets import RRDBNet
+    from diffusers_ext.policies import FeedForwardSRPolicy
+    from diffusers_ext.srnets.export import export_policy
+
+    torch.manual_seed(1)
+    tiny_x2 = FeedForwardSRPolicy(RRDBNet(num_feat=16, num_block=2, scale=2), "rrdb-x2").add_lora(rank=2)
+    with torch.no_grad():
+        for n, p in tiny_x2.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    cases = []
+    for name, policy in (("animevideov3-x4", _tuned_policy()), ("x4plus", _tuned_policy("realesrgan-x4plus", 1)),
+                         ("rrdb-x2", tiny_x2.eval())):
+        file = export_policy(policy, tmp_path / "models" / f"{name}-finpercep.safetensors")
+        x = torch.rand(1, 20, 28, 3, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            ref = policy(x.movedim(-1, 1))["images"].movedim(1, -1)
+        np.save(tmp_path / f"{name}.in.npy", x.numpy())
+        np.save(tmp_path / f"{name}.out.npy", ref.numpy())
+        cases.append({"file": str(file), "input": str(tmp_path / f"{name}.in.npy"),
+                      "expected": str(tmp_path / f"{name}.out.npy")})
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    out = run_in_comfy_venv(comfy.install, REPO / "tests" / "comfyui" / "check_upscaler_spandrel.py", "--cases",
+                            str(tmp_path / "cases.json"))
+    res = json.loads(out.strip().splitlines()[-1])
+    got = {c["file"]: c for c in res["cases"]}
+    assert got["animevideov3-x4-finpercep.safetensors"]["architecture"] == "Compact"
+    assert got["x4plus-finpercep.safetensors"]["architecture"] == "ESRGAN"
+    assert got["rrdb-x2-finpercep.safetensors"]["architecture"] == "ESRGAN"
+    for c in res["cases"]:
+        assert c["shape"] == c["expected_shape"], c
+        assert c["spandrel_max_abs_err"] < 1e-5 and c["comfy_node_max_abs_err"] < 1e-5, c
+
+
+def test_upscale_workflow_runs_a_finpercep_tuned_upscaler(comfy):
+    """The upscale workflow with a tuned file in models/upscale_models: ComfyUI's output is the policy's."""
+    import torch
+
+    from diffusers_ext.srnets.export import export_policy
+
+    policy = _tuned_policy(seed=3)
+    export_policy(policy, comfy.base / "models" / "upscale_models" / "finpercep-test-x4.safetensors")
+    wf = _wf("finpercep_upscale_model_score", comfy, {"1": comfy.photos["lowres"].name})
+    wf["3"]["inputs"]["scale_by"] = 1.0  # the photo is low-res already
+    wf["4"]["inputs"]["model_name"] = "finpercep-test-x4.safetensors"
+    r = _ok(comfy.server.run(wf), comfy)
+    got = _img(comfy, r, "7")
+    lr = np.asarray(Image.open(comfy.photos["lowres"]).convert("RGB"), np.float32) / 255
+    with torch.no_grad():
+        ref = policy(torch.from_numpy(lr).permute(2, 0, 1)[None])["images"][0].permute(1, 2, 0).numpy()
+    assert got.shape == ref.shape == (128, 192, 3)
+    assert np.abs(got - ref).max() <= 1 / 255 + 1e-6  # SaveImage truncates to 8 bits
+    assert np.isfinite(_scores(r.texts("6")[0])[0])
+
+
+def test_ui_workflows_open_run_and_show_results_in_the_browser(comfy, tmp_path):
+    """Every UI workflow from the template browser of the real frontend (headless Chromium): it loads,
+    equals its API twin, runs with the editor's Run (the SD ones on the tiny test checkpoint), no node
+    turns red, nothing overlaps, the FinPercep nodes show their texts and previews; a screenshot each."""
+    shots = REPO / "docs" if os.environ.get("FINPERCEP_UPDATE_DOCS") == "1" else tmp_path
+    overrides = {"CheckpointLoaderSimple": {"ckpt_name": comfy.assets["checkpoint"]}, "KSampler": {"steps": 1},
+                 "FinPercepLoadSRAdapter": {"adapter": comfy.assets["adapter"]},
+                 "FinPercepLoadRewardModel": {"model": comfy.reward_model}}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "comfyui" / "check_ui_workflows.py"), comfy.server.url,
+                           "--folder", TEMPLATE_FOLDER, "--shots", str(shots), "--set", json.dumps(overrides)],
+                          capture_output=True, text=True, timeout=1800)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    report = {d["workflow"]: d for d in lines if "workflow" in d}
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert sorted(report) == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
+    for name, d in report.items():
+        assert d["ok"] and d["loaded_from_template"] and d["api_equal"] and d["status"] == "success", d
+        assert d["red"] == [] and d["overlaps"] == [] and not d["node_errors"] and d["execution_error"] is None, d
+        shot = Path(d["screenshot"])
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(shot).size[0] >= 1200
+    score = report["finpercep_score"]
+    assert any(re.search(r"score -?[0-9.]+", t) for t in score["texts"].values()), score["texts"]
+    assert any(t.startswith("best: candidate") for t in report["finpercep_best_of_n"]["texts"].values())
+    # the example image, the Score Image node (overlay + map) and the two Save Image nodes show previews
+    assert len(score["previews"]) >= 4, score

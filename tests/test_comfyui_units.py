@@ -73,9 +73,13 @@ print(json.dumps({{"new": new, "path_same": path == sys.path,
 
 
 def test_workflows_are_valid_api_graphs():
-    files = sorted((REPO / "workflows" / "api").glob("*.json"))
+    files = sorted((REPO / "example_workflows" / "api").glob("*.json"))
     assert {f.stem for f in files} >= {"finpercep_score", "finpercep_best_of_n", "finpercep_fix_where_bad",
-                                       "finpercep_upscale_score_fix"}
+                                       "finpercep_upscale_score_fix", "finpercep_upscale_model_score"}
+    # ComfyUI serves the first existing of these as templates; only example_workflows/ may hold workflows
+    assert not any((REPO / d).is_dir() for d in ("example", "workflow", "workflows"))
+    assert not list((REPO / "examples").glob("*.json"))
+    assert {f.stem for f in (REPO / "example_workflows").glob("*.json")} == {f.stem for f in files}
     used = set()
     for f in files:
         graph = json.loads(f.read_text())

@@ -10,13 +10,14 @@ import pytest
 from PIL import Image
 
 from conftest import make_tiny_model
+from fixture_models import defect_photo, make_detector_model, smooth_photo
 from diffusers_ext import FinPercepRewardPipeline
 from diffusers_ext.image_io import ImageInputError
 from diffusers_ext.pdm import overlay, pdm_from_png, region_stats
 from hub_fixtures import local_hub  # noqa: F401
 
 from demo import core, models  # noqa: E402
-from demo.browser import _base_photo, artifact_photo, free_port, running_app  # noqa: E402
+from viewer_browser import _base_photo, artifact_photo, free_port, running_app  # noqa: E402
 from demo.exports import ExportStore, safe_stem  # noqa: E402
 from demo.models import ModelLoadError, ModelRef, ModelStore, stage_choices  # noqa: E402
 from demo.viewer import Viewer, ViewerConfig  # noqa: E402
@@ -163,6 +164,30 @@ def test_inspect_matches_the_pipeline_and_exports_everything(viewer, ref, files,
     assert record["pdm_max"] == pytest.approx(float(an.pdm.max())) and len(record["regions"]) == len(rows)
 
 
+def test_regions_find_the_planted_defect(viewer, tmp_path):
+    """The regions of a real inspection, with a model whose map has structure (tests/fixture_models.py):
+    a noise patch planted off the diagonal is the first and only component region, at its place, and
+    its box is drawn there; a clean photo has no component at all. (The tiny random model maps every
+    pixel to ~0.519: one region, the whole image, whatever the region finding does.)"""
+    detector = tmp_path / "detector"
+    make_detector_model().save_pretrained(detector)
+    box = (80, 16, 112, 48)  # x0, y0, x1, y1: a box with x and y swapped would miss it
+    for name, img in (("defect", defect_photo(128, box=box)[0]), ("clean", smooth_photo(128))):
+        Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(tmp_path / f"{name}.png")
+    _, _, _, boxes, rows, _ = viewer.inspect(tmp_path / "defect.png", "Local folder", str(detector), -1, "0",
+                                             *DISPLAY, 0.5, 5)
+    assert len(rows) == 1 and rows[0][1] == "component" and rows[0][4] > 0.8, rows
+    x0, y0, x1, y1 = (int(v) for v in rows[0][2].split(", "))
+    inter = max(0, min(x1, box[2]) - max(x0, box[0])) * max(0, min(y1, box[3]) - max(y0, box[1]))
+    union = (x1 - x0) * (y1 - y0) + (box[2] - box[0]) * (box[3] - box[1]) - inter
+    assert inter / union > 0.7, (rows[0][2], box)
+    drawn = np.asarray(boxes)
+    assert tuple(drawn[y0, (x0 + x1) // 2]) == (255, 59, 48) and tuple(drawn[y1 - 1, (x0 + x1) // 2]) == (255, 59, 48)
+    _, _, _, _, clean_rows, _ = viewer.inspect(tmp_path / "clean.png", "Local folder", str(detector), -1, "0",
+                                               *DISPLAY, 0.5, 5)
+    assert clean_rows and all(r[1] == "window" for r in clean_rows) and max(r[5] for r in clean_rows) < 0.5
+
+
 def test_stage_zero_has_no_map_and_no_regions(viewer, ref, files):
     state, md, _, _, rows, _ = viewer.inspect(files["photo"], *ref, 0, "0", *DISPLAY, 0.5, 5)
     assert state.analysis.stage == 0 and not state.analysis.pdm.any()
@@ -287,10 +312,33 @@ Split: test
 
 
 def test_score_guide_defaults_and_bands():
-    g = core.ScoreGuide()
-    assert [g.band(s)[0] for s in (1.02, 0.96, 0.9, 0.86, 0.7)] == [
-        "clean-like", "clean-like", "local defects", "local defects", "degraded"]
-    assert "Higher = better" in g.legend() and "training targets" in g.legend()
+    g = core.ScoreGuide()  # uncalibrated fallback: the training targets 1.0 / 0.9 / 0.8
+    assert [g.band(s)[0] for s in (1.02, 0.96, 0.9, 0.86, 0.82, 0.7)] == [
+        "looks clean", "looks clean", "some visible defects", "some visible defects", "clearly degraded",
+        "severely degraded"]
+    assert "higher = better" in g.legend() and "training targets" in g.legend() and "Uncalibrated" in g.legend()
+    # a score between the typical full-SR and one-region values reads as degraded, never "or worse"
+    label, meaning = core.ScoreGuide(0.559, 0.085, -1.925).band(-1.170)
+    assert label == "clearly degraded" and "closer to fully super-resolved" in meaning and "or worse" not in meaning
+
+
+def test_calibrated_scores_read_on_the_fixed_plain_bands(files, tmp_path, viewer):
+    g = core.ScoreGuide.for_model(None, 3, calibrated=True)
+    assert g.calibrated and [g.band(s)[0] for s in (0.93, 0.8, 0.79, 0.5, 0.49, 0.2, 0.19, 0.02)] == [
+        "looks clean", "looks clean", "some visible defects", "some visible defects", "clearly degraded",
+        "clearly degraded", "severely degraded", "severely degraded"]
+    assert "about 0.9" in g.legend() and "≥ 0.8 looks clean" in g.legend()
+    folder = tmp_path / "calibrated"
+    model = make_tiny_model()
+    model.register_to_config(score_calibration=[[2.0, 0.5]] * (model.num_stages + 1))
+    model.save_pretrained(folder)
+    (folder / "README.md").write_text(CARD)  # a calibrated model ignores the card's raw typical scores
+    an = viewer.analyze(files["photo"], "Local folder", str(folder), -1, "0")
+    assert an.guide.calibrated and 0.0 < an.score < 1.0 and an.raw_score is not None
+    assert abs(an.score - 1 / (1 + np.exp(-(2.0 * an.raw_score + 0.5)))) < 1e-4
+    md = core.score_markdown(an)
+    assert an.guide.band(an.score)[0] in md and f"raw {an.raw_score:.3f}" in md
+    assert an.record()["raw_score"] == pytest.approx(an.raw_score)
 
 
 def test_score_guide_reads_the_model_card_per_stage(files, tmp_path, viewer, ref):
@@ -299,7 +347,8 @@ def test_score_guide_reads_the_model_card_per_stage(files, tmp_path, viewer, ref
     g4 = core.ScoreGuide.from_model_card(CARD, 4)
     assert (g4.clean, g4.local, g4.degraded) == (0.8, 0.5, 0.1)
     assert core.ScoreGuide.from_model_card(CARD, 7) == g4  # no row: the last (finest) stage
-    assert g4.band(0.7)[0] == "clean-like" and g4.band(0.4)[0] == "local defects" and g4.band(0.2)[0] == "degraded"
+    assert [g4.band(s)[0] for s in (0.7, 0.4, 0.2, 0.0)] == [
+        "looks clean", "some visible defects", "clearly degraded", "severely degraded"]
     assert core.ScoreGuide.from_model_card("no table here", 0) is None
     assert core.ScoreGuide.from_model_card(CARD.replace("0.531", "0.900"), 0) is None  # not ordered: unusable
     carded = tmp_path / "carded"
@@ -329,9 +378,11 @@ def test_main_arguments_and_finpercep_view(monkeypatch, files):
     assert args.host == "127.0.0.1" and args.port == 7860 and args.max_file_size == "25mb"
     assert app_mod.main(["--model", str(files["dir"] / "no-such-folder")]) == 2
     seen = {}
-    monkeypatch.setattr(app_mod, "main", lambda argv: seen.setdefault("argv", argv) and 0)
-    assert cli.main(["view", "--port", "7999"]) == 0
-    assert seen["argv"] == ["--host", "127.0.0.1", "--port", "7999"]
+    monkeypatch.setattr(app_mod, "run", lambda args: seen.setdefault("args", args) and 0)
+    assert cli.main(["view", "--port", "7999", "--model", "some/model", "--max-pixels", "1000"]) == 0
+    # `finpercep view` (the demo's entry point) parses exactly the options of `python -m demo.app`
+    got = {k: v for k, v in vars(seen["args"]).items() if k not in ("command", "func")}
+    assert got == vars(app_mod.parse_args(["--port", "7999", "--model", "some/model", "--max-pixels", "1000"]))
 
 
 # ------------------------------------------------------------------------------- the running app

@@ -3,7 +3,7 @@ browser download): open the viewer, upload a photo with pasted artifacts, wait f
 check the score and the overlay, save a screenshot.
 
 Needs ``apt-get install chromium`` and the ``playwright`` Python package (never ``playwright
-install``). ``python demo/app.py --screenshot docs/viewer.png`` makes the README's screenshot the
+install``). ``python tests/viewer_browser.py docs/viewer.png`` makes the README's screenshot the
 same way, with the bundled model.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import make_tiny_model
-from demo.browser import CHROMIUM, SCREENSHOT_MAX_BYTES, artifact_photo, running_app, score_in_browser
+from viewer_browser import CHROMIUM, SCREENSHOT_MAX_BYTES, artifact_photo, running_app, score_in_browser
 from demo.models import ModelRef
 from demo.viewer import Viewer, ViewerConfig
 

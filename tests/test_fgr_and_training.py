@@ -1,7 +1,12 @@
-"""FGR data building (determinism, resume), validation metrics, and stage training with exact resume."""
+"""FGR data building (determinism, resume), validation metrics, stage training with exact resume after a
+SIGKILL, and pushing the trained model to the (local test) Hub."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIG
+from hub_fixtures import local_hub  # noqa: F401
 from training.data.build_fgr import build, read_manifest
 from training.data.fgr_dataset import FGRDataset, step_batches
 from training.data.gt_maps import GTMapConfig, SSIMDistance, gt_map
@@ -16,6 +22,7 @@ from training.data.photos import photo_pool, split_of
 from training.data.sr_pool import ArtifactSR, ClassicalSR
 from training.metrics import auroc, evaluate_stage
 
+ROOT = Path(__file__).resolve().parent.parent
 FAST_POOL = [(ClassicalSR("bicubic"), 1.0), (ArtifactSR(ClassicalSR("lanczos")), 1.0)]
 COUNTS = {"train": 6, "val": 2, "test": 3}
 
@@ -95,19 +102,23 @@ def test_step_batches_depend_only_on_the_step():
     assert next(b) == first[3]
 
 
-def _train(fgr: Path, out: Path, stage: int, steps: int, init: str | None = None, extra: list[str] = ()) -> dict:
-    from training import train_reward
-
+def _argv(fgr: Path, out: Path, stage: int, steps: int, init: str | None = None, extra: list[str] = ()) -> list[str]:
     argv = ["--data", str(fgr), "--stage", str(stage), "--output_dir", str(out), "--max_steps", str(steps),
             "--batch_size", "2", "--crop", "48", "--checkpointing_steps", "2", "--validation_steps", "100",
             "--report_to", "none", "--backbone", "tiny", "--model_config",
             json.dumps({k: v for k, v in TINY_CONFIG.items() if k != "backbone"}), *extra]
     if init:
         argv += ["--init", init]
-    return train_reward.main(argv)
+    return argv
 
 
-def test_stage_training_keeps_earlier_stages_and_resumes_exactly(fgr, tmp_path):
+def _train(fgr: Path, out: Path, stage: int, steps: int, init: str | None = None, extra: list[str] = ()) -> dict:
+    from training import train_reward
+
+    return train_reward.main(_argv(fgr, out, stage, steps, init, extra))
+
+
+def test_stage_training_keeps_earlier_stages_and_resumes_exactly_after_a_sigkill(fgr, tmp_path):
     from diffusers_ext.models.finpercep_rm import FinPercepRM
 
     _train(fgr, tmp_path / "s0", 0, 3)
@@ -120,12 +131,20 @@ def test_stage_training_keeps_earlier_stages_and_resumes_exactly(fgr, tmp_path):
     torch.testing.assert_close(s1(x, stage=0).score, s0(x, stage=0).score)  # stage 0 untouched
     assert not torch.allclose(s1(x, stage=1).score, s0(x, stage=1).score)  # stage 1 trained
 
-    # exact resume: kill after the checkpoint at step 2 (simulated by a 2-step run), resume to 4
-    _train(fgr, tmp_path / "r", 1, 2, init=str(tmp_path / "s0" / "model"), extra=["--checkpointing_steps", "1"])
-    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("checkpoint-*"))
-    assert [p.name for p in ckpts] == ["checkpoint-1"]  # the last step saves the model, not a checkpoint
-    _train(fgr, tmp_path / "r", 1, 4, init=str(tmp_path / "s0" / "model"),
-           extra=["--resume_from_checkpoint", "latest"])
+    # exact resume: a real training process SIGKILLed in the middle of step 3 (checkpoint-2 written,
+    # step 3 half done), then resumed to step 4, ends with the weights of the uninterrupted run
+    argv = _argv(fgr, tmp_path / "r", 1, 4, init=str(tmp_path / "s0" / "model"),
+                 extra=["--resume_from_checkpoint", "latest"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "reward_kill_after.py"), "3", *argv,
+                           "--num_threads", str(torch.get_num_threads())],  # the threads of this process
+                          env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "r" / "checkpoints").iterdir()] == ["checkpoint-2"]
+    assert not (tmp_path / "r" / "model").exists() and not (tmp_path / "r" / "result.json").exists()
+    res = _train(fgr, tmp_path / "r", 1, 4, init=str(tmp_path / "s0" / "model"),
+                 extra=["--resume_from_checkpoint", "latest"])
+    assert res["steps"] == 4
     r = FinPercepRM.from_pretrained(tmp_path / "r" / "model").eval()
     for (n, a), (_, b) in zip(s1.state_dict().items(), r.state_dict().items()):
         torch.testing.assert_close(a, b, msg=n)
@@ -160,3 +179,42 @@ def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):
 
     figures = evaluate_stage(Oracle(), ds, stage=1, batch_size=len(ds))
     assert figures["pdm_auroc"] == 1.0 and figures["map_l1"] == 0.0
+
+
+def test_push_to_hub_creates_the_repo_first_and_uploads_the_model_with_a_card(fgr, tmp_path, local_hub,
+                                                                             monkeypatch):
+    from huggingface_hub import ModelCard
+
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+    from training import train_reward
+
+    _train(fgr, tmp_path / "s0", 0, 1)
+    res = _train(fgr, tmp_path / "s1", 1, 2, init=str(tmp_path / "s0" / "model"),
+                 extra=["--push_to_hub", "--hub_model_id", "user/rm-stage1"])
+    assert "user/rm-stage1" in res["pushed"]
+    assert local_hub.list_files("user/rm-stage1") == sorted(
+        [".gitattributes", "README.md", "config.json", "diffusion_pytorch_model.safetensors"])
+    routes = [r.route for r in local_hub.requests]
+    assert routes.index("create_repo") < routes.index("commit")
+    card = ModelCard(local_hub.read_file("user/rm-stage1", "README.md").decode())
+    assert card.data.library_name == "diffusers" and "reward-model" in card.data.tags
+    assert "stage=1" in card.text and "| pdm_auroc |" in card.text and "hf_" not in card.text
+    pulled = FinPercepRM.from_pretrained("user/rm-stage1").eval()
+    local = FinPercepRM.from_pretrained(tmp_path / "s1" / "model").eval()
+    x = torch.rand(1, 3, 48, 48)
+    torch.testing.assert_close(pulled(x).score, local(x).score)
+
+    # a token the Hub refuses fails at create_repo, before the data, the model or any training step
+    calls = []
+    real_forward = train_reward.StageObjective.forward
+
+    def counting_forward(self, batch):
+        calls.append(1)
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(train_reward.StageObjective, "forward", counting_forward)
+    with pytest.raises(SystemExit, match=r"--push_to_hub: cannot create or open the Hub repo 'user/rm-bad'.*401.*"
+                                         r"Nothing was trained.*--hub_token"):
+        _train(fgr, tmp_path / "bad", 1, 2, init=str(tmp_path / "s0" / "model"),
+               extra=["--push_to_hub", "--hub_model_id", "user/rm-bad", "--hub_token", "hf_wrong"])
+    assert calls == [] and not (tmp_path / "bad" / "model").exists() and not local_hub.repo_exists("user/rm-bad")

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import TINY_CONFIG, make_tiny_model
+from fixture_models import defect_photo, make_detector_model, smooth_photo
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 
 
@@ -61,13 +63,49 @@ def test_differentiable_with_respect_to_the_image(tiny_model):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_score_is_computed_through_the_map(tiny_model):
-    """The score must depend on the map: with modulation off it changes."""
-    x = torch.rand(1, 3, 64, 64)
-    a = tiny_model(x).score
-    tiny_model.register_to_config(score_modulation="none")
-    b = tiny_model(x).score
-    assert not torch.allclose(a, b)
+def test_score_is_computed_through_the_map():
+    """S = head(pool(f_N * (1 - resize(M))), stats(M)): the score follows the map. With a model whose
+    map has structure (tests/fixture_models.py: a planted noise patch maps to ~0.9, the photo to
+    ~0.005): (1) the defect lowers the score; (2) editing only the map (a hook on the decoder head
+    clears the patch from the logits; the encoder features are untouched) changes the score; (3) the
+    score is exactly the head applied to the encoder's deepest feature modulated by the map it
+    outputs, recomputed here from the outputs."""
+    from diffusers_ext.rewards import topk_mean
+
+    model = make_detector_model()
+    img, mask, (x0, y0, x1, y1) = defect_photo(128)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    clean = torch.from_numpy(smooth_photo(128)).permute(2, 0, 1)[None]
+    feats = {}
+    model.encoder.register_forward_hook(lambda mod, inp, out: feats.update(top=out[-1]))
+    with torch.no_grad():
+        ref = model(clean)
+        out = model(x)
+        top = feats["top"]
+        m = out.pdm[0, 0]
+        assert m[mask > 0].mean() > 0.85 and m[mask == 0].mean() < 0.02
+        assert float(out.score) < float(ref.score) - 0.2  # (1)
+
+        stride = model.map_resolution()  # input pixels per logit cell of the finest stage
+
+        def clear_patch(mod, inp, logits):
+            logits = logits.clone()
+            logits[..., y0 // stride:-(-y1 // stride), x0 // stride:-(-x1 // stride)] = -20.0
+            return logits
+
+        hook = model.decoder[model.stage - 1].head.register_forward_hook(clear_patch)
+        edited = model(x)
+        hook.remove()
+        torch.testing.assert_close(feats["top"], top)  # same features: only the map changed
+        assert float(edited.pdm[0, 0][mask > 0].mean()) < 0.05
+        assert abs(float(edited.score - out.score)) > 0.1  # (2)
+
+        s = model.encoder.max_stride
+        dim = 1.0 - F.avg_pool2d(out.pdm, s)  # the map at the deepest feature's cells (128 = 8 x 16 px)
+        pooled = (top * dim).mean(dim=(-2, -1))
+        stats = torch.stack([out.pdm.flatten(1).mean(1), topk_mean(out.pdm, model.config.map_stat_top_fraction)], 1)
+        expected = model.score_heads[model.stage](torch.cat([pooled, stats], dim=1))
+        torch.testing.assert_close(out.score, expected)  # (3)
 
 
 def test_save_and_load_round_trip_with_stage_override(tmp_path, tiny_model):

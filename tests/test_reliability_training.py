@@ -2,7 +2,7 @@
 folder and checkpoint writes, and Hub push retries against the local Hub test server.
 
 Builds on tests/test_ccl_train.py (one fixed kill point of ccl_lora, push + load back) and
-tests/test_fgr_and_training.py (train_reward resume after a clean stop), without repeating them.
+tests/test_fgr_and_training.py (train_reward resume after one SIGKILL mid-step), without repeating them.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from training.checkpointing import (COMPLETE, atomic_write_dir, find_checkpoint,
                                     save_checkpoint)
 
 ROOT = Path(__file__).resolve().parent.parent
-CCL_SCRIPT = ROOT / "training" / "ccl_lora.py"
-RM_SCRIPT = ROOT / "training" / "train_reward.py"
+CCL_SCRIPT = ["-m", "training.ccl_lora"]  # the installed packages, run as modules
+RM_SCRIPT = ["-m", "training.train_reward"]
 SCHEDULE = {"stages": [{"rm_stage": 0, "steps": 3},
                        {"rm_stage": 2, "lambda_pdm": 0.5, "plateau_window": 2, "plateau_threshold": 10.0},
                        {"rm_stage": 4, "lambda_pdm": 1.0}]}
@@ -52,7 +52,7 @@ def siblings(folder: Path) -> list[str]:
 
 
 def child_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
            "PYTHONUNBUFFERED": "1"}
     env.pop("HF_ENDPOINT", None)
     return env
@@ -74,7 +74,7 @@ def assets(tmp_path_factory):
 
 
 def ccl_argv(assets: Path, out: Path, steps: int) -> list[str]:
-    return [str(CCL_SCRIPT), "--reward_model", str(assets / "rm"), "--ccl_config", str(assets / "sched.json"),
+    return [*CCL_SCRIPT, "--reward_model", str(assets / "rm"), "--ccl_config", str(assets / "sched.json"),
             "--max_train_steps", str(steps), "--photo_sources", "skimage", "--hr_size", "64",
             "--train_batch_size", "1", "--validation_images", "1", "--validation_steps", "0",
             "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--learning_rate", "1e-2",
@@ -83,7 +83,7 @@ def ccl_argv(assets: Path, out: Path, steps: int) -> list[str]:
 
 
 def rm_argv(assets: Path, out: Path, steps: int) -> list[str]:
-    return [str(RM_SCRIPT), "--data", str(assets / "fgr"), "--stage", "0", "--output_dir", str(out),
+    return [*RM_SCRIPT, "--data", str(assets / "fgr"), "--stage", "0", "--output_dir", str(out),
             "--max_steps", str(steps), "--batch_size", "2", "--crop", "48", "--checkpointing_steps", "1",
             "--checkpoints_total_limit", "2", "--validation_steps", "1000", "--report_to", "none",
             "--backbone", "tiny", "--no_pretrained_backbone", "--num_threads", "1", "--warmup_steps", "2",
@@ -121,7 +121,7 @@ def run_segment(argv: list[str], log: Path, kill: dict | None = None, timeout: f
         try:
             while kill is not None and proc.poll() is None:
                 if time.monotonic() > t_end:
-                    raise TimeoutError(f"{argv[0]} never reached step {kill['step']}:\n{log.read_text()[-3000:]}")
+                    raise TimeoutError(f"{' '.join(argv[:2])} never reached step {kill['step']}:\n{log.read_text()[-3000:]}")
                 step, tmp = progress(ckpts)
                 stale &= tmp
                 if MARKER not in log.read_bytes() or step < kill["step"]:  # the loop must have started
@@ -283,7 +283,6 @@ def test_atomic_write_dir_failing_writer_keeps_the_previous_folder(tmp_path):
 
 CHILD_WRITER = textwrap.dedent("""
     import json, os, signal, sys, time
-    sys.path.insert(0, {root!r})
     from pathlib import Path
     from training import checkpointing
 
@@ -379,7 +378,6 @@ def test_save_checkpoint_failing_write_keeps_the_latest_checkpoint(tmp_path):
 
 CHILD_CKPT = textwrap.dedent("""
     import os, shutil, signal, sys, time
-    sys.path.insert(0, {root!r})
     from pathlib import Path
     from training import checkpointing
 
@@ -641,8 +639,8 @@ def test_push_only_cli_retries_then_fails_with_a_clear_message(adapter, local_hu
     local_hub.fail_next(1, status=403, route="commit")
     (adapter / "README.md").write_text((adapter / "README.md").read_text() + "\nv2\n")  # something to commit
     before = tree_digest(adapter)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}  # HF_ENDPOINT/HF_TOKEN from local_hub
-    proc = subprocess.run([sys.executable, str(CCL_SCRIPT), "--push_only", "--output_dir", str(out),
+    env = {**os.environ, "TQDM_DISABLE": "1"}  # HF_ENDPOINT/HF_TOKEN from local_hub
+    proc = subprocess.run([sys.executable, *CCL_SCRIPT, "--push_only", "--output_dir", str(out),
                            "--hub_model_id", "user/cli-lora"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]

@@ -3,7 +3,7 @@
 The weights are checked three ways: exact parameter counts, behaviour on a smooth photo (close to
 a bicubic upscale, with a learned correction that points the same way as bicubic's; randomly
 initialised networks fail both), and, strongest, agreement with ncnn's own CPU inference of the
-same ``.param``/``.bin`` (``pip install ncnn``) to far better than 1/255.
+same ``.param``/``.bin`` (``pip install ncnn``) to 1e-5 (the README's figure; measured: 2e-6).
 """
 from __future__ import annotations
 
@@ -277,4 +277,5 @@ def test_matches_ncnn_inference(name: str) -> None:
     reference = _run_ncnn(name, image)
     assert ours.shape == reference.shape == (3, 20 * net.scale, 20 * net.scale)
     assert reference.std() > 0.05  # a real image came out, not a constant
-    assert np.abs(ours - reference).max() < 1 / 255
+    # README: "match ncnn to 1e-5"; measured max |ours - ncnn| <= 2.1e-6 over these models at 20 and 32 px
+    assert np.abs(ours - reference).max() < 1e-5

@@ -1,6 +1,6 @@
 """The viewer under 20 concurrent gradio_client users (issue 6, "Load"), with the harness of
 ``benchmarks/load_viewer.py`` and a tiny model: the viewer runs in its own process
-(``python demo/app.py``), so its RSS is the server's alone.
+(``python -m demo.app``), so its RSS is the server's alone.
 
 Two runs: a queue with room for every user (``--queue-size 20``: nothing may be rejected) and a
 small one (``--queue-size 2``: a burst of 20 must be partly rejected, and only with the queue full).
@@ -18,7 +18,7 @@ from PIL import Image
 from benchmarks.load_viewer import (LoadConfig, Request, _percentile, _Timeline, _User, expected_scores, markdown,
                                     run_load)
 from conftest import make_tiny_model
-from demo.browser import artifact_photo
+from viewer_browser import artifact_photo
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]

@@ -1,8 +1,8 @@
 """CCL-scheduled ReFL LoRA fine-tuning of super-resolution policies with FinPercep-RM (PAPER.md §4-§5).
 
-    accelerate launch training/ccl_lora.py --policy feedforward --pretrained_model realesr-animevideov3-x4 \\
+    accelerate launch -m training.ccl_lora --policy feedforward --pretrained_model realesr-animevideov3-x4 \\
         --ccl_config training/configs/ccl_default.yaml --max_train_steps 300 --output_dir runs/ccl
-    accelerate launch training/ccl_lora.py --policy onestep --pretrained_model PATH_OR_HUB_ID_OF_AN_SD_MODEL \\
+    accelerate launch -m training.ccl_lora --policy onestep --pretrained_model PATH_OR_HUB_ID_OF_AN_SD_MODEL \\
         --mixed_precision bf16 --gradient_checkpointing --push_to_hub --hub_model_id you/finpercep-osediff-lora
 
 Per step: LR batch (HR photo crops degraded on the fly) -> policy (LoRA only trainable) -> SR image ->
@@ -14,6 +14,11 @@ step count or an automatic switch when the reward's moving average plateaus.
 Outputs in ``--output_dir``: ``checkpoints/checkpoint-<step>`` (atomic; ``--resume_from_checkpoint
 latest``), ``lora/`` (the diffusers LoRA folder + model card, atomic), ``monitor.jsonl`` /
 ``monitor.png`` (reward-hacking monitor), ``train_log.jsonl``, ``result.json``, TensorBoard logs.
+
+The same command is installed as ``finpercep-train-lora`` (training/cli.py). BRISQUE in the monitor
+is optional (``--brisque auto``, the default): without its model files (Debian ``opencv-doc``, or
+``$FINPERCEP_BRISQUE_DIR``) the run warns once and the ``brisque`` column is left out; ``--brisque on``
+makes the files a requirement checked at start, ``--brisque off`` (or ``--no_brisque``) skips it.
 """
 from __future__ import annotations
 
@@ -23,26 +28,23 @@ import logging
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from diffusers_ext.policies import POLICY_KINDS  # noqa: E402
-from diffusers_ext.rewards import CCLSchedule, CurriculumTracker, compute_reward, refl_loss  # noqa: E402
-from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,  # noqa: E402
+from diffusers_ext.policies import POLICY_KINDS
+from diffusers_ext.rewards import compute_reward, refl_loss
+from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
+from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,
                                     save_checkpoint)
 
 logger = logging.getLogger("ccl_lora")
 
-DEFAULT_CONFIG = ROOT / "training" / "configs" / "ccl_default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "ccl_default.yaml"  # installed with the package
 DEFAULT_SRNET = "realesr-animevideov3-x4"
 TRAINER_STATE = "trainer_state.json"
 POLICY_WEIGHTS = "policy_lora.safetensors"
@@ -51,7 +53,8 @@ POLICY_WEIGHTS = "policy_lora.safetensors"
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="CCL-scheduled ReFL LoRA fine-tuning of SR policies with the FinPercep-RM reward.",
-        epilog="Launch with `accelerate launch [--multi_gpu --num_processes N] training/ccl_lora.py ...`. "
+        epilog="Launch with `accelerate launch [--multi_gpu --num_processes N] -m training.ccl_lora ...` "
+               "(or run `finpercep-train-lora ...` / `python -m training.ccl_lora ...` in one process). "
                "Flags can also come from a JSON/YAML file: --config FILE (flags given on the command line win).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", type=Path, default=None,
@@ -85,7 +88,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--ccl_config", type=Path, default=DEFAULT_CONFIG, help="CCL schedule file (JSON or YAML)")
     g.add_argument("--refl_loss", choices=["relu", "neg"], default="relu",
                    help="relu: relu(-R + margin)*grad_scale (ImageReward); neg: -R*grad_scale")
-    g.add_argument("--refl_margin", type=float, default=2.0)
+    g.add_argument("--refl_margin", type=float, default=None,
+                   help="relu loss margin; default: the reward of a clean photo on the calibrated scale, "
+                        "0.9·λ1 + λ2 of the current stage (no push past HR quality); 2.0 = ImageReward's")
     g.add_argument("--grad_scale", type=float, default=1e-3)
     g.add_argument("--fidelity", choices=["none", "l1", "mse", "latent_mse"], default="none",
                    help="extra fidelity term against the HR image (latent_mse: diffusion policies only)")
@@ -122,10 +127,17 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--validation_steps", type=int, default=50, help="monitor every N steps (0: start and end only)")
     g.add_argument("--validation_images", type=int, default=4, help="size of the fixed held-out monitor batch")
     g.add_argument("--validation_split", default="val", help="photo split of the monitor batch")
-    g.add_argument("--judge_model", default=None, help="independent reward model (default: --reward_model)")
+    g.add_argument("--judge_model", default=None,
+                   help="independent reward model for the monitor's judge_* columns, e.g. one trained with another "
+                        "seed (default: none; the training reward model itself is no judge, so without another "
+                        "model the columns are left out and the model card says so)")
     g.add_argument("--judge_stage", type=int, default=None, help="stage of the judge (default: its finest)")
     g.add_argument("--flag_threshold", type=float, default=0.5, help="judge PDM value that flags a pixel")
-    g.add_argument("--no_brisque", action="store_true", help="skip BRISQUE (needs Debian opencv-doc's model files)")
+    g.add_argument("--brisque", choices=["auto", "on", "off"], default="auto",
+                   help="BRISQUE in the monitor (needs the model files of Debian opencv-doc or $FINPERCEP_BRISQUE_DIR): "
+                        "auto = when the files are there (else a warning and no brisque column), on = required "
+                        "(checked at start), off = never")
+    g.add_argument("--no_brisque", action="store_true", help="same as --brisque off")
     g = p.add_argument_group("Hub")
     g.add_argument("--push_to_hub", action="store_true", help="upload <output_dir>/lora at the end")
     g.add_argument("--hub_model_id", default=None, help="owner/name of the adapter repo")
@@ -133,7 +145,6 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--card_base_model", default=None,
                    help="Hub id written as base_model in the model card (default: --pretrained_model if a Hub id)")
     g.add_argument("--push_only", action="store_true", help="do not train: push an existing <output_dir>/lora")
-    p.add_argument("--debug_sigkill_after_step", type=int, default=None, help=argparse.SUPPRESS)
 
     argv = sys.argv[1:] if argv is None else list(argv)
     pre, _ = p.parse_known_args(argv)
@@ -146,6 +157,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.set_defaults(**{k: (Path(v) if k in ("output_dir", "ccl_config") and v is not None else v) for k, v in data.items()})
     args = p.parse_args(argv)
     args.argv = argv
+    if args.no_brisque:
+        args.brisque = "off"
     if args.push_only:
         if not args.hub_model_id:
             p.error("--push_only needs --hub_model_id")
@@ -166,15 +179,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path} does not exist")
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+    data = load_mapping(path, "--config") or {}
     if not isinstance(data, dict):
         raise ValueError(f"--config {path} must hold a mapping of flag names to values")
     return data
@@ -241,16 +246,28 @@ def fidelity_loss(kind: str, out: dict[str, Any], hr: torch.Tensor, policy) -> t
 
 
 def command_line(args: argparse.Namespace) -> str:
-    return "accelerate launch training/ccl_lora.py " + " ".join(shlex.quote(a) for a in args.argv)
+    return "accelerate launch -m training.ccl_lora " + " ".join(shlex.quote(a) for a in args.argv)
 
 
 def jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k not in ("argv", "debug_sigkill_after_step")}
+            if k != "argv"}
 
 
 # --------------------------------------------------------------------------------------- main
-def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+
+def clean_reward_margin(cfg) -> float:
+    """The ReFL margin on the calibrated score: the reward of a clean photo, ``0.9·λ1 + λ2`` (its
+    calibrated score is 0.9 and its map about empty), so the policy is not pushed past HR quality."""
+    from training.calibration import CLEAN_TARGET
+
+    return CLEAN_TARGET * cfg.lambda_global + cfg.lambda_pdm
+
+def main(argv: Optional[list[str]] = None,
+         step_callback: Optional[Callable[[int, dict[str, Any]], None]] = None) -> dict[str, Any]:
+    """Train; returns the result record (also written to ``<output_dir>/result.json``).
+    ``step_callback(step, record)``, when given, runs on every process after each optimizer step
+    (once its checkpoint, if any, is written) with that step's training record."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.push_only:
@@ -264,9 +281,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from training.ccl.data import SRPairSampler, load_photos
-    from training.ccl.export import model_card, push_folder, write_lora_folder
+    from training.ccl.export import (export_upscaler, model_card, push_folder, stages_reached, upscaler_name,
+                                     write_lora_folder)
     from training.ccl.monitor import Monitor, plot_curves
 
+    if args.brisque == "on":  # asked for explicitly: fail now, not after the models are loaded
+        from training.ccl.monitor import brisque_unavailable
+
+        why = brisque_unavailable()
+        if why is not None:
+            raise SystemExit(f"--brisque on: {why}")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if args.allow_tf32 and torch.cuda.is_available():
@@ -318,6 +342,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
         if accelerator.is_main_process:
             save_file(policy.trainable_state_dict(), os.path.join(output_dir, POLICY_WEIGHTS))
+            os.chmod(os.path.join(output_dir, POLICY_WEIGHTS), 0o644)  # safetensors writes 0600
         while weights:
             weights.pop()
 
@@ -332,14 +357,16 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     accelerator.register_load_state_pre_hook(load_hook)
 
     judge, judge_stage = None, None
+    judge_name = independent_judge(args)
     if accelerator.is_main_process:
-        judge = rm if args.judge_model is None else load_reward_model(args.judge_model, device)
-        judge_stage = judge.num_stages if args.judge_stage is None else args.judge_stage
-        if not 0 <= judge_stage <= judge.num_stages:
-            raise ValueError(f"--judge_stage {judge_stage}: the judge has stages 0..{judge.num_stages}")
+        if judge_name is not None:
+            judge = load_reward_model(judge_name, device)
+            judge_stage = judge.num_stages if args.judge_stage is None else args.judge_stage
+            if not 0 <= judge_stage <= judge.num_stages:
+                raise ValueError(f"--judge_stage {judge_stage}: the judge has stages 0..{judge.num_stages}")
         last = schedule.stages[-1]
         monitor = Monitor(val_lr, val_hr, rm, last.reward_config(schedule.reward), last.rm_stage, judge=judge,
-                          judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=not args.no_brisque)
+                          judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque)
 
     ckpt_root = args.output_dir / "checkpoints"
     start_step = 0
@@ -397,7 +424,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 with accelerator.autocast():
                     out = policy_ddp(lr_img, generator=gen)
                     terms = compute_reward(rm, out["images"].float(), rcfg, stage=stage.rm_stage)
-                    loss = refl_loss(terms.reward, args.refl_loss, args.refl_margin, args.grad_scale)
+                    margin = args.refl_margin if args.refl_margin is not None else clean_reward_margin(rcfg)
+                    loss = refl_loss(terms.reward, args.refl_loss, margin, args.grad_scale)
                     if args.fidelity != "none":
                         fid = fidelity_loss(args.fidelity, out, hr_img, policy)
                         loss = loss + args.lambda_fidelity * fid
@@ -431,8 +459,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
             save_checkpoint(accelerator, ckpt_root, done, args.checkpoints_total_limit,
                             extra_json={TRAINER_STATE: trainer_state()})
-        if args.debug_sigkill_after_step is not None and done == args.debug_sigkill_after_step:
-            os.kill(os.getpid(), signal.SIGKILL)  # crash test: no cleanup of any kind
+        if step_callback is not None:
+            step_callback(done, rec)
     bar.close()
     evaluate(args.max_train_steps)
     accelerator.wait_for_everyone()
@@ -443,17 +471,41 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     flat = torch.cat([p.detach().float().flatten() for p in params]).to(device)
     gathered = accelerator.gather(flat[None])
     result["rank_max_abs_diff"] = float((gathered - gathered[:1]).abs().max())
+    # ... and must have switched the curriculum on the same steps (the tracker sees the all-reduced
+    # reward): each rank's switch steps, one row per rank (-1: a switch that rank never made)
+    own = torch.full((len(schedule.stages),), -1, dtype=torch.long)
+    own[:len(tracker.switches)] = torch.tensor([s["step"] for s in tracker.switches], dtype=torch.long)
+    result["rank_switch_steps"] = accelerator.gather(own.to(device)[None]).cpu().tolist()
+    if any(row != result["rank_switch_steps"][0] for row in result["rank_switch_steps"]):
+        logger.warning("the processes switched the curriculum on different steps: %s", result["rank_switch_steps"])
     if accelerator.is_main_process:
         final = dict(monitor.history[-1]) if monitor.history else {}
         result["final"] = final
         info = policy.card_info()
         if args.card_base_model:
             info["base_model"] = args.card_base_model
+        stages = stages_reached(train_log, schedule.to_dict())
+        result["stages_reached"] = [s["ccl_stage"] for s in stages if s["steps"]]
+        upscaler, extra = None, []
+        if args.policy == "feedforward":  # also the merged network for ComfyUI's core Load Upscale Model
+            from diffusers_ext.srnets.export import UpscalerFormatError, check_exportable
+
+            try:
+                check_exportable(policy.net)
+                upscaler = upscaler_name(args.pretrained_model)
+                extra.append(lambda tmp: export_upscaler(args.policy, args.pretrained_model, tmp, upscaler,
+                                                         {"finpercep_run": command_line(args)}))
+            except UpscalerFormatError as e:
+                logger.warning("no merged upscaler file for ComfyUI: %s", e)
         card = model_card(args.policy, info, schedule.to_dict(), {k: v for k, v in final.items() if k != "step"},
-                          command_line(args), args.hub_model_id, jsonable_args(args))
+                          command_line(args), args.hub_model_id, jsonable_args(args), stages=stages,
+                          judge=judge_name, upscaler_file=upscaler)
         lora_dir = write_lora_folder(args.output_dir / "lora", policy, card, {
-            "ccl_schedule.json": schedule.to_dict(), "final_metrics.json": final, "ccl_switches.json": tracker.switches})
+            "ccl_schedule.json": schedule.to_dict(), "final_metrics.json": final, "ccl_switches.json": tracker.switches,
+            "ccl_stages_reached.json": stages}, extra=extra)
         result["lora_dir"] = str(lora_dir)
+        if upscaler:
+            result["upscaler"] = str(lora_dir / upscaler)
         _write_jsonl(args.output_dir / "monitor.jsonl", monitor.history)
         _write_jsonl(args.output_dir / "train_log.jsonl", train_log)
         result["monitor_png"] = str(plot_curves(monitor.history, args.output_dir / "monitor.png", tracker.switches,
@@ -464,6 +516,30 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def independent_judge(args: argparse.Namespace) -> Optional[str]:
+    """The ``--judge_model`` to load, or ``None`` when there is no judge other than the training reward
+    model (not given, or the same folder / Hub id as ``--reward_model``): the reward model scoring its
+    own policy only repeats ``score``, so the monitor then has no judge columns."""
+    if args.judge_model is None:
+        if args.judge_stage is not None:
+            logger.warning("--judge_stage %s ignored: there is no --judge_model (the training reward model is no "
+                           "independent judge)", args.judge_stage)
+        return None
+    from diffusers_ext.hub import DEFAULT_MODEL_DIR
+
+    def key(name: Optional[str]) -> str:
+        if name is None:
+            return str(Path(DEFAULT_MODEL_DIR).resolve())
+        p = Path(name).expanduser()
+        return str(p.resolve()) if p.exists() else str(name)
+
+    if key(args.judge_model) == key(args.reward_model):
+        logger.warning("--judge_model %s is the training reward model itself: no independent judge, the judge "
+                       "columns are left out", args.judge_model)
+        return None
+    return args.judge_model
 
 
 def check_sharding(accelerator: Any) -> None:

@@ -49,6 +49,8 @@ def atomic_write_dir(folder: Path, write: Callable[[Path], Any]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # ``folder`` is untouched; a SIGKILL leaves tmp to recover_dir
         raise
+    for path in [tmp, *tmp.rglob("*")]:  # some writers create 0600 files: a published folder is readable
+        path.chmod(0o755 if path.is_dir() else 0o644)
     shutil.rmtree(ready, ignore_errors=True)
     os.replace(tmp, ready)
     if folder.exists():

@@ -251,8 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--protocol", default=None,
                     help="protocol model folder (trained with --exclude_families protocol); reported on its unseen families")
     ap.add_argument("--stage", type=int, default=None)
-    ap.add_argument("--crops", type=int, default=24)
-    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--crops", type=int, default=20)
+    ap.add_argument("--size", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--photos", action="append", default=[], help="extra folder of test photos (repeatable)")
     ap.add_argument("--out", type=Path, default=Path("training/results"))

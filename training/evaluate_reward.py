@@ -1,6 +1,6 @@
 """Validation figures of every curriculum stage of a reward model on an FGR split.
 
-    python -m training.evaluate_reward [--model diffusers_ext/default] [--data data/fgr] [--split test]
+    python -m training.evaluate_reward [--model diffusers_ext/default] [--data data/fgr_v3] [--split test]
 
 Prints a markdown table (see :mod:`training.metrics` for the definitions) and, with ``--json``,
 writes the figures to a file.
@@ -13,18 +13,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from diffusers_ext.hub import resolve_model_dir  # noqa: E402
-from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
-from training.data.fgr_dataset import FGRDataset  # noqa: E402
-from training.metrics import evaluate_stages, format_table  # noqa: E402
+from diffusers_ext.hub import resolve_model_dir
+from diffusers_ext.models.finpercep_rm import FinPercepRM
+from training.data.fgr_dataset import FGRDataset
+from training.metrics import evaluate_stages, format_table
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
-    ap.add_argument("--data", type=Path, default=Path("data/fgr"))
+    ap.add_argument("--data", type=Path, default=Path("data/fgr_v3"))
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--stages", default="all", help="'all' or a comma list such as 0,5")
     ap.add_argument("--limit", type=int, default=None, help="only the first N items")

@@ -14,13 +14,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from training.data.artifacts import ARTIFACTS
+from training.data.degradations import degrade
+from training.data.photos import photo_pool
+from training.data.sr_pool import NetworkSR
 
-from training.data.artifacts import ARTIFACTS  # noqa: E402
-from training.data.degradations import degrade  # noqa: E402
-from training.data.photos import photo_pool  # noqa: E402
-from training.data.sr_pool import NetworkSR  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "examples"
 SIZE = 384

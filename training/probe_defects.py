@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 BOX = (200, 330, 40, 170)  # rows y0:y1, cols x0:x1 of the 384 px astronaut: suit, flag, helmet
 KINDS = ("blur", "jpeg", "posterize")

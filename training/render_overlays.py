@@ -11,10 +11,9 @@ from typing import Optional
 
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from diffusers_ext import FinPercepRewardPipeline
 
-from diffusers_ext import FinPercepRewardPipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 EXAMPLES = ["astronaut_clean.jpg", "astronaut_realesrgan_x4.png", "butterfly_animevideov3_x4.png",
             "chelsea_local_painterly.png"]

@@ -2,10 +2,15 @@
 
     python tests/comfyui/api_to_ui.py OBJECT_INFO.json [--check]
 
-workflows/api/<name>.json (what POST /prompt runs) -> workflows/<name>.json (what the ComfyUI editor
-opens; ComfyUI also lists workflows/*.json of a custom node as templates). Widget order, output
-types and names come from a live server's /object_info. ``--check`` only compares and exits 1 when a
+example_workflows/api/<name>.json (what POST /prompt runs) -> example_workflows/<name>.json (what
+the ComfyUI editor opens; ComfyUI's template browser lists a custom node's example_workflows/*.json).
+Widget order, output types and names come from a live server's /object_info. An
+``api/<name>.md`` beside the API file becomes a Markdown note at the top left of the UI graph (the
+checkpoint / adapter to get, what the workflow shows). ``--check`` only compares and exits 1 when a
 UI file is missing or differs from what would be written (the test suite runs this).
+
+Layout: one column per graph depth, every node as tall as its widgets, slots and the previews it
+shows after a run (images, the FinPercep result text), so nothing overlaps once the workflow ran.
 """
 from __future__ import annotations
 
@@ -14,11 +19,38 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-API_DIR = REPO / "workflows" / "api"
-UI_DIR = REPO / "workflows"
+API_DIR = REPO / "example_workflows" / "api"
+UI_DIR = REPO / "example_workflows"
+#: nodes that show image previews in the graph after a run (room is kept for them)
+PREVIEW_NODES = {"SaveImage", "PreviewImage", "LoadImage", "FinPercepLoadExampleImage", "FinPercepScoreImage",
+                 "FinPercepBestOfN", "FinPercepPDMToInpaintMask"}
+#: nodes with the FinPercep result text box (comfyui_finpercep/web/finpercep.js)
+TEXT_NODES = {"FinPercepLoadRewardModel", "FinPercepScoreImage", "FinPercepBestOfN", "FinPercepPDMToInpaintMask",
+              "FinPercepLoadSRAdapter", "FinPercepLoadExampleImage"}
+WIDTH, COLUMN, GAP, TITLE = 340, 400, 30, 30
+#: room for the previews after a run: Score Image shows overlay and map side by side, Best of N the
+#: ranked batch as a grid, the others one image
+PREVIEW_HEIGHT = {"FinPercepScoreImage": 190, "FinPercepBestOfN": 250, "FinPercepPDMToInpaintMask": 230}
+DEFAULT_PREVIEW, TEXT_HEIGHT = 270, 96
+#: a column taller than this continues in a new column to its right (keeps the graph near 16:9)
+MAX_COLUMN = 1000
+NOTE_TYPE = "MarkdownNote"
+
+
+def node_height(cls: str, n_widgets: int, n_slots: int, n_multiline: int = 0) -> int:
+    """Body height (below the title) of a node: slots, widgets (multi-line text boxes 90 px), then
+    the previews it shows."""
+    h = 12 + 22 * n_slots + 28 * (n_widgets - n_multiline) + 90 * n_multiline
+    if cls in TEXT_NODES:
+        h += TEXT_HEIGHT
+    if cls in PREVIEW_NODES:
+        h += PREVIEW_HEIGHT.get(cls, DEFAULT_PREVIEW)
+    return h
 
 
 def _depths(graph: dict) -> dict[str, int]:
+    """Column of each node: sinks at their longest path from a source, every other node one column
+    left of its nearest consumer (so loaders sit next to the node they feed, not all in column 0)."""
     depth: dict[str, int] = {}
 
     def d(nid: str) -> int:
@@ -29,7 +61,19 @@ def _depths(graph: dict) -> dict[str, int]:
 
     for nid in graph:
         d(nid)
-    return depth
+    consumers: dict[str, list[str]] = {n: [] for n in graph}
+    for nid, node in graph.items():
+        for v in node["inputs"].values():
+            if isinstance(v, list):
+                consumers[v[0]].append(nid)
+    late: dict[str, int] = {}
+
+    def l(nid: str) -> int:
+        if nid not in late:
+            late[nid] = min((l(c) for c in consumers[nid]), default=depth[nid] + 1) - 1
+        return late[nid]
+
+    return {nid: l(nid) for nid in graph}
 
 
 def widget_names(spec: dict) -> list[tuple[str, list]]:
@@ -44,10 +88,19 @@ def widget_names(spec: dict) -> list[tuple[str, list]]:
     return out
 
 
-def convert(graph: dict, info: dict) -> dict:
+def convert(graph: dict, info: dict, note: str | None = None) -> dict:
     depth = _depths(graph)
+    top = 20
+    note_node = None
+    if note:
+        lines = sum(max(1, -(-len(line) // 52)) for line in note.strip().splitlines())
+        note_h = 40 + 19 * lines
+        note_node = {"id": len(graph) + 1, "type": NOTE_TYPE, "pos": [40, top + TITLE], "size": [WIDTH, note_h],
+                     "flags": {}, "order": len(graph), "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                     "widgets_values": [note.strip() + "\n"], "color": "#432", "bgcolor": "#653"}
+        top += TITLE + note_h + GAP
     ids = {nid: i + 1 for i, nid in enumerate(sorted(graph, key=lambda n: (depth[n], int(n))))}
-    column: dict[int, int] = {}
+    columns: dict[int, list[int]] = {}
     nodes, links = [], []
     out_links: dict[tuple[str, int], list[int]] = {}
     # links first (ids in input order of the consumers)
@@ -100,14 +153,11 @@ def convert(graph: dict, info: dict) -> dict:
             if spec.get("output_is_list", [False] * len(spec["output"]))[i]:
                 entry["shape"] = 6
             outputs.append(entry)
-        col = depth[nid]
-        row = column.get(col, 0)
-        height = 60 + 26 * len(widgets) + 22 * max(len(inputs), len(outputs))
-        if cls in ("SaveImage", "PreviewImage"):
-            height = 330  # room for the image preview
-        column[col] = row + height + 40
+        multiline = sum(1 for _, t in widgets if len(t) > 1 and isinstance(t[1], dict) and t[1].get("multiline"))
+        height = node_height(cls, len(widgets), max(len(inputs), len(outputs)), multiline)
+        columns.setdefault(depth[nid], []).append(len(nodes))
         entry = {
-            "id": ids[nid], "type": cls, "pos": [40 + 380 * col, 40 + row], "size": [330, height], "flags": {},
+            "id": ids[nid], "type": cls, "pos": [0, 0], "size": [WIDTH, height], "flags": {},
             "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": cls}, "widgets_values": values,
         }
@@ -115,6 +165,18 @@ def convert(graph: dict, info: dict) -> dict:
         if title and title != spec.get("display_name", cls):
             entry["title"] = title
         nodes.append(entry)
+    x = 40
+    for col in sorted(columns):
+        y = top if col == 0 else 20
+        for k in columns[col]:
+            h = TITLE + nodes[k]["size"][1] + GAP
+            if y + h > MAX_COLUMN + 20 and y > (top if col == 0 else 20):
+                x, y = x + COLUMN, 20
+            nodes[k]["pos"] = [x, y + TITLE]
+            y += h
+        x += COLUMN
+    if note_node is not None:
+        nodes.append(note_node)
     return {
         "last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
         "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}, "finpercep_api_twin": "api/"}, "version": 0.4,
@@ -126,7 +188,8 @@ def main() -> int:
     check = "--check" in sys.argv
     bad = []
     for api in sorted(API_DIR.glob("*.json")):
-        ui = convert(json.loads(api.read_text()), info)
+        note_file = api.with_suffix(".md")
+        ui = convert(json.loads(api.read_text()), info, note_file.read_text() if note_file.is_file() else None)
         ui["extra"]["finpercep_api_twin"] = f"api/{api.name}"
         text = json.dumps(ui, indent=1) + "\n"
         target = UI_DIR / api.name
@@ -137,6 +200,10 @@ def main() -> int:
             target.write_text(text)
     if bad:
         print("UI workflows out of date (run tests/comfyui/api_to_ui.py OBJECT_INFO.json):", ", ".join(bad))
+        return 1
+    stale = sorted(p.name for p in UI_DIR.glob("*.json") if not (API_DIR / p.name).is_file())
+    if stale:
+        print("UI workflows without an API twin in example_workflows/api/:", ", ".join(stale))
         return 1
     return 0
 

@@ -1,6 +1,6 @@
 """In-process check, run with the ComfyUI venv's python after make_test_assets.py:
 
-    .comfyui/venv/bin/python tests/comfyui/check_sr_equivalence.py --comfyui .comfyui/ComfyUI --base BASE
+    PYTHONPATH=.comfyui/ComfyUI:. .comfyui/venv/bin/python tests/comfyui/check_sr_equivalence.py --comfyui .comfyui/ComfyUI --base BASE
 
 Loads the tiny SD15 checkpoint with ComfyUI's own loader, applies the FinPercep SR adapter with the
 node's code (PEFT keys converted to kohya names), and compares ComfyUI's one-step x0 prediction
@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import re
-import sys
 from pathlib import Path
 
 
@@ -130,9 +129,6 @@ def main() -> None:
     ap.add_argument("--comfyui", required=True)
     ap.add_argument("--base", required=True)
     a = ap.parse_args()
-    repo = Path(__file__).resolve().parents[2]
-    sys.path.insert(0, str(Path(a.comfyui).resolve()))
-    sys.path.append(str(repo))
     import torch
     from comfy.cli_args import args as comfy_args
 

@@ -1,31 +1,45 @@
-"""Open the UI-format example workflows in ComfyUI's real web editor (headless Chromium, Playwright)
-and check that each loads with every node known and converts back to exactly its API twin;
-optionally save screenshots. A manual developer check (needs `pip install playwright` and Debian's
-chromium; no browser download):
+"""Open every UI-format example workflow in ComfyUI's real web editor (headless Debian Chromium through
+Playwright, no browser download), the way a user does: Templates -> Extensions -> <node folder> ->
+click the workflow (the editor fetches ``/api/workflow_templates/<node folder>/<name>.json``), check
+the loaded graph against its API twin, queue it with the editor's own Run and wait for it; then no
+node may be red (validation or execution error), no two nodes may overlap (with the previews and
+result texts they show after the run), and a screenshot of the graph is saved.
 
-    python tests/comfyui/check_ui_workflows.py http://127.0.0.1:PORT [--shots DIR] [--run NAME=IMAGE[,MODEL]] [--width PX]
+    python tests/comfyui/check_ui_workflows.py URL [--folder finpercep] [--shots DIR] [--only NAME[,NAME]]
+        [--set JSON] [--no-run] [--width PX]
 
---run queues workflow NAME from the editor with IMAGE (a file in ComfyUI's input/) in its Load Image
-node (and MODEL as the reward model choice), so its screenshot shows the outputs in the graph.
-
-Prints one JSON line per workflow; exits 1 on any mismatch.
+``--set`` changes widget values before the run, by node type, e.g. the test suite's tiny checkpoint:
+``{"CheckpointLoaderSimple": {"ckpt_name": "tiny.safetensors"}, "KSampler": {"steps": 1}}`` (a user's
+first Run needs none of it for the reward workflows). Prints one JSON line per workflow; exits 1
+when any check fails. Used by tests/test_comfyui_server.py; the README's ComfyUI screenshots are
+its ``--shots docs`` output.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/lib/chromium/chromium")
-FIT = """() => {
-    for (const el of document.querySelectorAll("body *")) {   // the "what's new" banner and the minimap
+UI_DIR = REPO / "example_workflows"
+CHROMIUM = os.environ.get("FINPERCEP_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+NOTE_TYPES = ("Note", "MarkdownNote")
+
+TIDY = """() => {
+    for (const el of document.querySelectorAll("body *")) {   // the "what's new" banner
         if (el.children.length === 0 && /Introducing Nodes 2.0/.test(el.textContent || "")) {
             let b = el; while (b.parentElement && b.parentElement.offsetHeight < 80) b = b.parentElement; b.remove();
         }
     }
     try { window.app.extensionManager.setting.set("Comfy.Minimap.Visible", false); } catch (e) {}
+    window.app.canvas.min_font_size_for_lod = 0;   // draw text and widgets at every zoom (screenshots)
+}"""
+FIT = """() => {
     const nodes = window.app.graph._nodes || window.app.graph.nodes;
     let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
     for (const n of nodes) {
@@ -33,106 +47,202 @@ FIT = """() => {
         x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
     }
     const c = window.app.canvas, cw = c.canvas.clientWidth, ch = c.canvas.clientHeight;
-    const scale = Math.min(1.2, (cw - 140) / (x1 - x0), (ch - 160) / (y1 - y0));
+    const scale = Math.min(1.1, (cw - 120) / (x1 - x0), (ch - 150) / (y1 - y0));
     c.ds.scale = scale;
-    c.ds.offset = [90 / scale - x0, 110 / scale - y0];
+    c.ds.offset = [60 / scale - x0, 100 / scale - y0];
     c.setDirty(true, true);
 }"""
+PREPARE = """async (overrides) => {
+    const nodes = window.app.graph._nodes || window.app.graph.nodes;
+    for (const n of nodes) {
+        for (const [name, value] of Object.entries(overrides[n.type] || {})) {
+            const w = (n.widgets || []).find(w => w.name === name);
+            if (w) w.value = value;
+        }
+    }
+    const unknown = nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type);
+    const p = await window.app.graphToPrompt();
+    return {unknown, prompt: p.output, n: nodes.length, types: nodes.map(n => n.type)};
+}"""
+STATE = """() => {
+    const nodes = window.app.graph._nodes || window.app.graph.nodes;
+    const execErr = window.app.lastExecutionError;
+    const red = nodes.filter(n => n.has_errors || (execErr && String(execErr.node_id) === String(n.id)))
+                     .map(n => `${n.id}:${n.type}`);
+    const boxes = nodes.map(n => ({id: n.id, type: n.type, x0: n.pos[0], y0: n.pos[1] - 30,
+                                  x1: n.pos[0] + n.size[0], y1: n.pos[1] + n.size[1]}));
+    const overlaps = [];
+    for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1) overlaps.push(`${a.id}:${a.type} / ${b.id}:${b.type}`);
+    }
+    const texts = {};
+    for (const n of nodes) {
+        const w = (n.widgets || []).find(w => w.name === "finpercep_result");
+        if (w && w.value) texts[n.id] = w.value;
+    }
+    const previews = nodes.filter(n => (n.imgs || []).length > 0).map(n => n.id);
+    return {red, overlaps, texts, previews, node_errors: window.app.lastNodeErrors || null,
+            execution_error: execErr ? {node: execErr.node_id, type: execErr.node_type,
+                                        message: execErr.exception_message} : null};
+}"""
+
+
+def _get(url: str, path: str):
+    with urllib.request.urlopen(url + path, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, path: str, body: dict) -> None:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60):
+        pass
+
+
+def _arg(name: str, default=None):
+    return sys.argv[sys.argv.index(name) + 1] if name in sys.argv else default
+
+
+def _declared(graph: dict, info: dict) -> dict:
+    """Drop inputs /object_info does not declare (editor-only widgets such as Preview Any's 'preview')."""
+    out = {}
+    for nid, node in graph.items():
+        spec = info[node["class_type"]]["input"]
+        names = set(spec.get("required", {})) | set(spec.get("optional", {}))
+        out[nid] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
+    return out
+
+
+def _canon(graph: dict) -> list:
+    """Class type + literal inputs + link targets (node ids are renumbered by the editor)."""
+    out = []
+    for node in graph.values():
+        ins = {k: (graph[v[0]]["class_type"], v[1]) if isinstance(v, list)
+               else float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+               for k, v in node["inputs"].items()}
+        out.append((node["class_type"], json.dumps(ins, sort_keys=True)))
+    return sorted(out)
+
+
+def _wait_idle(url: str, before: set, timeout: float = 600) -> dict:
+    """Wait until the queue is empty and a new history entry exists; return that entry."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        q = _get(url, "/queue")
+        if not q["queue_running"] and not q["queue_pending"]:
+            hist = _get(url, "/history")
+            new = [k for k in hist if k not in before]
+            if new:
+                return hist[new[-1]]
+        time.sleep(0.5)
+    raise TimeoutError(f"the queued workflow did not finish within {timeout} s")
+
+
+def _shrink(path: Path) -> None:
+    """A 256-colour PNG (a third of the size; the README carries several)."""
+    from PIL import Image
+
+    img = Image.open(path).convert("RGB")
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
+
+
+def open_template(page, folder: str, name: str) -> None:
+    """Templates -> the extension's entry -> click the workflow's card; waits until the dialog closes."""
+    page.evaluate("() => window.app.graph.clear()")
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text("All Templates").first.wait_for(timeout=30_000)
+    page.get_by_text(folder, exact=True).first.click()
+    page.get_by_text(name, exact=True).first.click()
+    page.wait_for_function("() => (window.app.graph._nodes || window.app.graph.nodes).length > 0", timeout=60_000)
+    for _ in range(20):
+        if page.get_by_text("All Templates").count() == 0:
+            return
+        page.wait_for_timeout(250)
+    page.keyboard.press("Escape")
 
 
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
-    url = sys.argv[1]
-    shots = Path(sys.argv[sys.argv.index("--shots") + 1]) if "--shots" in sys.argv else None
+    url = sys.argv[1].rstrip("/")
+    folder = _arg("--folder", "finpercep")
+    shots = Path(_arg("--shots")) if "--shots" in sys.argv else None
+    only = set(_arg("--only").split(",")) if "--only" in sys.argv else None
+    overrides = json.loads(_arg("--set", "{}"))
+    run = "--no-run" not in sys.argv
+    width = int(_arg("--width", "1700"))
+    info = _get(url, "/object_info")
+    listed = _get(url, "/workflow_templates").get(folder, [])
     bad = 0
-    import urllib.request
-
-    with urllib.request.urlopen(url + "/object_info", timeout=60) as r:
-        info = json.loads(r.read())
-
-    def declared(graph: dict) -> dict:
-        """Drop the editor-only widgets (e.g. Preview as Text's 'preview') that /object_info does not declare."""
-        out = {}
-        for nid, node in graph.items():
-            spec = info[node["class_type"]]["input"]
-            names = set(spec.get("required", {})) | set(spec.get("optional", {}))
-            out[nid] = {**node, "inputs": {k: v for k, v in node["inputs"].items() if k in names}}
-        return out
-
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        width = int(sys.argv[sys.argv.index("--width") + 1]) if "--width" in sys.argv else 1800
-        page = browser.new_page(viewport={"width": width, "height": max(1000, width * 9 // 20)})
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": max(900, width * 9 // 16)})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url, wait_until="networkidle", timeout=120_000)
-        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-        page.wait_for_timeout(1500)
+        page.goto(url, wait_until="networkidle", timeout=180_000)
+        page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=180_000)
+        page.wait_for_timeout(3000)
         page.keyboard.press("Escape")  # the template browser opens on first start
-        runs = {}
-        if "--run" in sys.argv:
-            name, rest = sys.argv[sys.argv.index("--run") + 1].split("=", 1)
-            runs[name] = rest.split(",")
-        for ui_file in sorted((REPO / "workflows").glob("*.json")):
-            ui = json.loads(ui_file.read_text())
-            api = json.loads((REPO / "workflows" / "api" / ui_file.name).read_text())
-            res = page.evaluate(
-                """async (wf) => {
-                    await window.app.loadGraphData(wf, true, true, null);
-                    const nodes = window.app.graph._nodes || window.app.graph.nodes;
-                    const unknown = nodes.filter(n => !window.LiteGraph.registered_node_types[n.type]).map(n => n.type);
-                    const p = await window.app.graphToPrompt();
-                    return {unknown, prompt: p.output, n: nodes.length};
-                }""",
-                ui,
-            )
-            prompt = declared(res["prompt"])
-            # compare by class type + literal inputs + link targets (node ids are renumbered)
-            def canon(graph: dict) -> list:
-                ids = {}
-                for nid, node in graph.items():
-                    ids[nid] = node["class_type"] + "#" + str(sum(1 for m in list(graph)[: list(graph).index(nid)]
-                                                                if graph[m]["class_type"] == node["class_type"]))
-                out = []
-                for nid, node in graph.items():
-                    ins = {k: (graph[v[0]]["class_type"], v[1]) if isinstance(v, list)
-                           else float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
-                           for k, v in node["inputs"].items()}
-                    out.append((node["class_type"], json.dumps(ins, sort_keys=True)))
-                return sorted(out)
-
-            same = canon(prompt) == canon(api)
-            ok = same and not res["unknown"]
-            bad += not ok
-            line = {"workflow": ui_file.name, "nodes": res["n"], "unknown": res["unknown"], "api_equal": same}
+        page.evaluate(TIDY)
+        for ui_file in sorted(UI_DIR.glob("*.json")):
+            name = ui_file.stem
+            if only and name not in only:
+                continue
+            api = json.loads((UI_DIR / "api" / ui_file.name).read_text())
+            line: dict = {"workflow": name, "listed": name in listed}
+            try:
+                open_template(page, folder, name)
+            except Exception as e:  # noqa: BLE001 - reported, the other workflows still run
+                line["error"] = f"could not open the template from the template browser: {e}"
+                print(json.dumps(line), flush=True)
+                bad += 1
+                continue
+            res = page.evaluate(PREPARE, overrides)
+            want_types = sorted([n["type"] for n in json.loads(ui_file.read_text())["nodes"]])
+            line["loaded_from_template"] = sorted(res["types"]) == want_types
+            prompt = _declared(res["prompt"], info)
+            want = {k: v for k, v in api.items()}
+            for node in want.values():  # the --set overrides apply to the twin too
+                for k, v in overrides.get(node["class_type"], {}).items():
+                    if k in node["inputs"]:
+                        node["inputs"][k] = v
+            same = _canon(prompt) == _canon(want)
+            line.update(nodes=res["n"], unknown=res["unknown"], api_equal=same)
             if not same:
-                line["diff"] = sorted(set(canon(prompt)) ^ set(canon(api)))[:6]
-            print(json.dumps(line))
-            if ui_file.stem in runs:
-                image, *model = runs[ui_file.stem]
-                page.evaluate(
-                    """async ([image, model]) => {
-                        const nodes = window.app.graph._nodes || window.app.graph.nodes;
-                        for (const n of nodes) {
-                            if (n.type === "LoadImage") n.widgets[0].value = image;
-                            if (n.type === "FinPercepLoadRewardModel" && model) n.widgets[0].value = model;
-                        }
-                        await window.app.queuePrompt(0, 1);
-                    }""",
-                    [image, model[0] if model else None],
-                )
-                page.wait_for_timeout(2000)
-                page.wait_for_function(
-                    "fetch('/queue').then(r => r.json()).then(q => q.queue_running.length + q.queue_pending.length === 0)",
-                    timeout=300_000, polling=1000)
-                page.wait_for_timeout(6000)
+                line["diff"] = sorted(set(map(str, _canon(prompt))) ^ set(map(str, _canon(want))))[:6]
+            ok = same and not res["unknown"] and line["listed"] and line["loaded_from_template"]
+            if run:
+                before = set(_get(url, "/history"))
+                _post(url, "/free", {"free_memory": True})  # no cached nodes: every node runs and shows its result
+                page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+                page.wait_for_timeout(1000)
+                entry = _wait_idle(url, before)
+                status = entry.get("status", {})
+                line["status"] = status.get("status_str")
+                page.wait_for_timeout(2500)  # previews and result texts arrive over the websocket
+                state = page.evaluate(STATE)
+                line.update(red=state["red"], overlaps=state["overlaps"], texts=state["texts"],
+                            previews=state["previews"], node_errors=state["node_errors"],
+                            execution_error=state["execution_error"])
+                ok = ok and line["status"] == "success" and not state["red"] and not state["overlaps"] \
+                    and not state["node_errors"] and state["execution_error"] is None
+            else:
+                state = page.evaluate(STATE)
+                line["overlaps"] = state["overlaps"]
+                ok = ok and not state["overlaps"]
             if shots is not None:
                 page.evaluate(FIT)
-                page.wait_for_timeout(800)
-                page.screenshot(path=str(shots / f"comfyui_{ui_file.stem}.png"))
+                page.wait_for_timeout(1200)
+                shot = shots / f"comfyui_{name}.png"
+                page.screenshot(path=str(shot))
+                _shrink(shot)
+                line["screenshot"] = str(shot)
+            line["ok"] = bool(ok)
+            bad += not ok
+            print(json.dumps(line), flush=True)
         if errors:
-            print(json.dumps({"page_errors": errors[:5]}))
+            print(json.dumps({"page_errors": errors[:5]}), flush=True)
         browser.close()
     return 1 if bad else 0
 

@@ -48,9 +48,13 @@ def ensure_comfyui(timeout: float = 900) -> ComfyInstall:
 
 
 def run_in_comfy_venv(install: ComfyInstall, script: Path, *args: str, timeout: float = 600) -> str:
-    """Run a helper script with the ComfyUI venv's python (niced); returns stdout, raises with the log."""
+    """Run a helper script with the ComfyUI venv's python (niced); returns stdout, raises with the log.
+    ComfyUI's checkout (``comfy``, ``folder_paths``...) and this repository (``comfyui_finpercep``,
+    ``diffusers_ext``; not installed in that venv, as in a user's plain clone) are importable there
+    through PYTHONPATH, so the scripts edit no ``sys.path``."""
+    path = os.pathsep.join([str(install.comfyui), str(REPO)])
     proc = subprocess.run(["nice", "-n", "19", str(install.python), str(script), *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path})
     if proc.returncode != 0:
         raise RuntimeError(f"{script.name} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc.stdout

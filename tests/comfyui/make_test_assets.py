@@ -1,6 +1,6 @@
 """Tiny diffusion components for the ComfyUI node tests. Run with the ComfyUI venv's python:
 
-    .comfyui/venv/bin/python tests/comfyui/make_test_assets.py --comfyui .comfyui/ComfyUI --base BASE
+    PYTHONPATH=.comfyui/ComfyUI .comfyui/venv/bin/python tests/comfyui/make_test_assets.py --comfyui .comfyui/ComfyUI --base BASE
 
 Writes into the ComfyUI base directory BASE:
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 TINY_UNET = dict(
@@ -99,7 +98,6 @@ def main() -> None:
     if manifest.is_file():
         print(manifest.read_text())
         return
-    sys.path.insert(0, str(Path(a.comfyui).resolve()))
     import torch
     from comfy.cli_args import args as comfy_args
 

@@ -8,7 +8,8 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
   ccl     CCL: RM_0 for a quarter of the steps, then RM_ceil(N/2) (λ2 .5), RM_N-1 (λ2 .75), RM_N (λ2 1)
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
-*test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE, and
+*test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE (NaN
+without Debian opencv-doc's model files), and
 the score and flagged-pixel share of a *judge*: a second reward model trained by the
 same recipe with another seed on its own FGR data (``--judge_model``; trained first with
 ``python -m training.train_default --seed 1`` into ``runs/judge_rm`` when missing). Every arm runs
@@ -101,7 +102,7 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
     if (out / "result.json").is_file() and (out / "lora").is_dir():
         return json.loads((out / "result.json").read_text())["seconds"]
     (out / "schedule.json").write_text(json.dumps(sched, indent=1))
-    cmd = [sys.executable, str(ROOT / "training" / "ccl_lora.py"), "--policy", "feedforward",
+    cmd = [sys.executable, "-m", "training.ccl_lora", "--policy", "feedforward",
            "--pretrained_model", args.net, "--ccl_config", str(out / "schedule.json"),
            "--max_train_steps", str(args.steps), "--train_batch_size", str(args.batch), "--hr_size", str(args.hr_size),
            "--learning_rate", str(args.learning_rate), "--lora_rank", str(args.lora_rank),
@@ -145,7 +146,7 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
         m = mon.image_metrics(images, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
         return {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
                 "s_globalN": rm(images, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
-                "brisque": m["brisque"], "judge_flagged": m.get("judge_flagged", float("nan")),
+                "brisque": m.get("brisque", float("nan")), "judge_flagged": m.get("judge_flagged", float("nan")),
                 "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
 
     base_sr = mon.sr_images(base, dev)
@@ -235,7 +236,6 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.num_threads)
-    sys.path.insert(0, str(ROOT))
     from training.ccl_lora import load_reward_model
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ On a fixed held-out batch, every ``--validation_steps``:
   (the same yardstick for every arm of an experiment);
 * ``psnr`` / ``ssim`` against the HR image (fidelity; higher = better);
 * ``brisque``: classic no-reference IQA, OpenCV's ``cv2.quality`` with the LIVE model files of
-  Debian ``opencv-doc`` (lower = better);
+  Debian ``opencv-doc`` (lower = better). Optional: ``brisque="auto"`` (the default) measures it
+  when the files are there and otherwise logs one warning and leaves the column out;
+  ``brisque="on"`` requires it, ``"off"`` skips it;
 * ``judge_score`` and ``judge_flagged``: an independent FinPercep-RM (another stage or seed): its
   score and the share of pixels whose PDM exceeds ``flag_threshold``.
 
@@ -16,6 +18,7 @@ Reward hacking shows as the reward rising while PSNR/SSIM/BRISQUE/the judge get 
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -25,6 +28,8 @@ import numpy as np
 import torch
 
 from diffusers_ext.rewards import RewardConfig, compute_reward, fused_reward
+
+logger = logging.getLogger(__name__)
 
 BRISQUE_DIRS = (Path("/usr/share/doc/opencv-doc/examples/quality"),)
 BRISQUE_FILES = ("brisque_model_live.yml", "brisque_range_live.yml")
@@ -39,7 +44,39 @@ def find_brisque_files() -> tuple[Path, Path]:
             return paths  # type: ignore[return-value]
     raise FileNotFoundError(
         f"BRISQUE model files {BRISQUE_FILES} not found in {[str(d) for d in dirs]}: install them with "
-        f"`apt-get install opencv-doc`, point FINPERCEP_BRISQUE_DIR at a folder holding them, or pass --no_brisque")
+        f"`apt-get install opencv-doc`, point FINPERCEP_BRISQUE_DIR at a folder holding them, or pass --brisque off")
+
+
+def brisque_unavailable() -> Optional[str]:
+    """Why BRISQUE cannot be measured here (a message naming the fix), or ``None`` when it can."""
+    try:
+        import cv2
+    except ImportError as e:
+        return f"OpenCV is not installed ({e}): pip install opencv-contrib-python-headless"
+    if not hasattr(cv2, "quality"):
+        return "cv2.quality is missing: install opencv-contrib-python-headless (not opencv-python)"
+    try:
+        find_brisque_files()
+    except FileNotFoundError as e:
+        return str(e)
+    return None
+
+
+def make_brisque(mode: "bool | str" = "auto") -> Optional["Brisque"]:
+    """A :class:`Brisque` for ``mode`` ``"on"`` / ``True`` (raises when it cannot be measured),
+    ``"auto"`` (``None`` with one warning when it cannot) or ``"off"`` / ``False`` (``None``)."""
+    mode = {True: "on", False: "off"}.get(mode, mode) if isinstance(mode, bool) else mode
+    if mode == "off":
+        return None
+    if mode not in ("on", "auto"):
+        raise ValueError(f"brisque must be 'auto', 'on' or 'off', got {mode!r}")
+    why = brisque_unavailable()
+    if why is None:
+        return Brisque()
+    if mode == "on":
+        raise FileNotFoundError(f"BRISQUE was asked for (--brisque on) but cannot be measured: {why}")
+    logger.warning("BRISQUE left out of the monitor (the 'brisque' column is absent): %s", why)
+    return None
 
 
 class Brisque:
@@ -76,12 +113,12 @@ class Monitor:
 
     def __init__(self, lr: torch.Tensor, hr: torch.Tensor, reward_model: Any, final_reward: RewardConfig,
                  final_rm_stage: int, judge: Optional[Any] = None, judge_stage: Optional[int] = None,
-                 flag_threshold: float = 0.5, brisque: bool = True, batch_size: int = 4) -> None:
+                 flag_threshold: float = 0.5, brisque: "bool | str" = "auto", batch_size: int = 4) -> None:
         self.lr, self.hr = lr, hr
         self.rm, self.judge, self.judge_stage = reward_model, judge, judge_stage
         self.final_reward, self.final_rm_stage = final_reward, final_rm_stage
         self.flag_threshold = flag_threshold
-        self.brisque = Brisque() if brisque else None
+        self.brisque = make_brisque(brisque)
         self.batch_size = batch_size
         self.history: list[dict[str, float]] = []
 
@@ -138,15 +175,62 @@ class Monitor:
 _COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34)]
 
+#: Panel titles: what each series is, its unit, and which way is better.
+LABELS = {
+    "reward": "reward R_k of the current stage (higher = better)",
+    "score": "RM global score (higher = better)",
+    "pdm_penalty": "PDM penalty, worst-region map (lower = better)",
+    "reward_final": "reward of the last CCL stage (higher = better)",
+    "s_global0": "stage-0 global score (higher = better)",
+    "psnr": "PSNR vs HR, dB (higher = better)",
+    "ssim": "SSIM vs HR, 0-1 (higher = better)",
+    "brisque": "BRISQUE, 0-100 (lower = better)",
+    "judge_score": "judge's score (higher = better)",
+    "judge_pdm": "judge's mean PDM, 0-1 (lower = better)",
+    "judge_flagged": "judge-flagged pixels, fraction (lower = better)",
+}
+#: The smallest y range a panel shows: a change below it stays a small change on the plot
+#: (a drift of 0.0001 SSIM must not fill the panel's height). Other series: 0.05.
+MIN_SPAN = {"psnr": 1.0, "ssim": 0.02, "brisque": 5.0, "pdm_penalty": 0.05, "judge_pdm": 0.05,
+            "judge_flagged": 0.05}
+DEFAULT_MIN_SPAN = 0.05
+
+
+def y_range(key: str, values: Sequence[float]) -> tuple[float, float]:
+    """The y range of a panel: the data's, widened to at least :data:`MIN_SPAN` around its middle."""
+    lo, hi = min(values), max(values)
+    span = MIN_SPAN.get(key, DEFAULT_MIN_SPAN)
+    if hi - lo < span:
+        mid = (hi + lo) / 2
+        lo, hi = mid - span / 2, mid + span / 2
+    pad = 0.06 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """About ``n`` round tick values (1, 2 or 5 x 10^k apart) inside [lo, hi]."""
+    raw = (hi - lo) / max(1, n)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    k0, k1 = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    return [round(k * step, 12) + 0.0 for k in range(k0, k1 + 1)]
+
+
+def _fmt(v: float, step: float) -> str:
+    digits = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    return f"{v:.{min(digits, 6)}f}"
+
 
 def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches: Sequence[dict] = (),
                 keys: Optional[Sequence[str]] = None, train_history: Sequence[dict[str, float]] = (),
                 title: str = "FinPercep CCL ReFL monitor", runs: Optional[dict[str, Sequence[dict]]] = None,
                 colors: Optional[dict[str, tuple[int, int, int]]] = None) -> Path:
-    """One panel per metric (value over step), dashed lines at the CCL stage switches. ``train_history``
-    (per-step ``reward``) is drawn faintly in the ``reward`` panel. ``runs`` (label -> history) draws
-    several runs into the same panels, one colour per run (``colors``: label -> RGB, default a palette)
-    with a legend (``history`` is then ignored). Writes a PNG; returns its path."""
+    """One panel per metric over the optimizer step, with y and x axis values, each panel titled with
+    its unit and direction (:data:`LABELS`), a y range of at least :data:`MIN_SPAN`, dashed lines at
+    the CCL stage switches and a legend. ``train_history`` (per-step ``reward`` etc. on the training
+    batch) is drawn faintly behind the held-out values. ``runs`` (label -> history) draws several runs
+    into the same panels, one colour per run (``colors``: label -> RGB, default a palette) with their
+    names in the legend (``history`` is then ignored). Writes a PNG (PIL only); returns its path."""
     from PIL import Image, ImageDraw, ImageFont
 
     runs = dict(runs) if runs else {"": history}
@@ -156,61 +240,88 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
                          if any(k in h for h in every)])
     cols = 3
     rows = max(1, math.ceil(len(keys) / cols))
-    pw, ph, pad = 330, 200, 44
-    per_row = (cols * pw - 8) // 140
-    top = 30 if len(runs) == 1 else 30 + 16 * math.ceil(len(runs) / per_row)
+    pw, ph = 380, 240
+    left, right, top_pad, bottom = 62, 14, 22, 38
     run_color = {label: (colors or {}).get(label, _COLORS[j % len(_COLORS)]) for j, label in enumerate(runs)}
+    per_row = (cols * pw - 8) // 150
+    run_rows = math.ceil(len(runs) / per_row) if len(runs) > 1 else 0
+    top = 50 + 16 * run_rows
     img = Image.new("RGB", (cols * pw, rows * ph + top), "white")
     d = ImageDraw.Draw(img)
     font = ImageFont.load_default()
-    d.text((8, 8), title, fill="black", font=font)
+    grey, light = (90, 90, 90), (225, 225, 225)
+    d.text((8, 6), title, fill="black", font=font)
+    # legend: what the marks mean, then one entry per run
+    lx, ly = 8, 26
+    d.line([lx, ly + 5, lx + 22, ly + 5], fill=(60, 60, 60), width=2)
+    d.ellipse([lx + 9, ly + 3, lx + 13, ly + 7], fill=(60, 60, 60))
+    d.text((lx + 28, ly), "held-out monitor batch (every --validation_steps)", fill="black", font=font)
+    lx += 300
+    if train_history:
+        d.line([lx, ly + 5, lx + 22, ly + 5], fill=(170, 170, 215), width=1)
+        d.text((lx + 28, ly), "training batch, every step", fill="black", font=font)
+        lx += 190
+    for yy in range(ly, ly + 11, 4):
+        d.line([lx + 10, yy, lx + 10, min(yy + 2, ly + 10)], fill=(120, 120, 120))
+    d.text((lx + 20, ly), "CCL stage switch", fill="black", font=font)
     if len(runs) > 1:
         for j, label in enumerate(runs):
-            lx, ly = 8 + (j % per_row) * 140, 28 + (j // per_row) * 16
-            d.rectangle([lx, ly, lx + 12, ly + 8], fill=run_color[label])
-            d.text((lx + 16, ly - 2), label, fill="black", font=font)
+            rx, ry = 8 + (j % per_row) * 150, 44 + (j // per_row) * 16
+            d.rectangle([rx, ry, rx + 12, ry + 8], fill=run_color[label])
+            d.text((rx + 16, ry - 2), label, fill="black", font=font)
     steps_all = [h["step"] for h in every] + [h["step"] for h in train_history]
     s_lo, s_hi = (min(steps_all), max(steps_all)) if steps_all else (0.0, 1.0)
     if s_hi == s_lo:
         s_hi = s_lo + 1
+    x_ticks = [t for t in nice_ticks(s_lo, s_hi, 5) if s_lo <= t <= s_hi] or [s_lo, s_hi]
     for i, key in enumerate(keys):
         ox, oy = (i % cols) * pw, top + (i // cols) * ph
-        x0, y0, x1, y1 = ox + pad, oy + 20, ox + pw - 12, oy + ph - 24
-        d.rectangle([x0, y0, x1, y1], outline=(180, 180, 180))
-        d.text((ox + pad, oy + 4), key, fill="black", font=font)
+        x0, y0, x1, y1 = ox + left, oy + top_pad, ox + pw - right, oy + ph - bottom
+        d.text((x0, oy + 6), LABELS.get(key, key), fill="black", font=font)
         series = {label: [(h["step"], h[key]) for h in hist if key in h and np.isfinite(h[key])]
                   for label, hist in runs.items()}
         faint = [(h["step"], h[key]) for h in train_history if key in h and np.isfinite(h[key])]
         vals = [v for pts in series.values() for _, v in pts] + [v for _, v in faint]
         if not vals:
+            d.rectangle([x0, y0, x1, y1], outline=(180, 180, 180))
+            d.text((x0 + 8, (y0 + y1) // 2), "no values", fill=grey, font=font)
             continue
-        lo, hi = min(vals), max(vals)
-        if hi - lo < 1e-12:
-            lo, hi = lo - 0.5 * max(abs(lo), 1e-3), hi + 0.5 * max(abs(hi), 1e-3)
+        lo, hi = y_range(key, vals)
 
         def xy(s: float, v: float) -> tuple[float, float]:
             return (x0 + (s - s_lo) / (s_hi - s_lo) * (x1 - x0), y1 - (v - lo) / (hi - lo) * (y1 - y0))
 
+        ticks = nice_ticks(lo, hi, 4)
+        step = ticks[1] - ticks[0] if len(ticks) > 1 else (hi - lo)
+        for t in ticks:  # y grid and values
+            ty = xy(s_lo, t)[1]
+            d.line([x0, ty, x1, ty], fill=light)
+            label = _fmt(t, step)
+            d.text((x0 - 6 - 6 * len(label), ty - 5), label, fill=grey, font=font)
+        for t in x_ticks:  # x ticks and values
+            tx = xy(t, lo)[0]
+            d.line([tx, y1, tx, y1 + 3], fill=grey)
+            label = f"{t:g}"
+            d.text((tx - 3 * len(label), y1 + 5), label, fill=grey, font=font)
+        d.text(((x0 + x1) // 2 - 40, y1 + 20), "optimizer step", fill=grey, font=font)
+        d.rectangle([x0, y0, x1, y1], outline=(160, 160, 160))
         for ev in switches:
             sx = xy(ev["step"], lo)[0]
             for yy in range(int(y0), int(y1), 6):
                 d.line([sx, yy, sx, min(yy + 3, y1)], fill=(120, 120, 120))
         if len(faint) > 1:
-            d.line([xy(s, v) for s, v in faint], fill=(200, 200, 230), width=1)
+            d.line([xy(s, v) for s, v in faint], fill=(170, 170, 215), width=1)
         for label, pts in series.items():
             color = _COLORS[i % len(_COLORS)] if len(runs) == 1 else run_color[label]
             if len(pts) > 1:
                 d.line([xy(s, v) for s, v in pts], fill=color, width=2)
-            for s, v in pts:
-                cx, cy = xy(s, v)
+            for s_, v in pts:
+                cx, cy = xy(s_, v)
                 d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=color)
-        d.text((ox + 2, y0), f"{hi:.4g}", fill=(90, 90, 90), font=font)
-        d.text((ox + 2, y1 - 10), f"{lo:.4g}", fill=(90, 90, 90), font=font)
-        d.text((x0, y1 + 4), f"{s_lo:g}", fill=(90, 90, 90), font=font)
-        d.text((x1 - 30, y1 + 4), f"{s_hi:g}", fill=(90, 90, 90), font=font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.png")
     img.save(tmp)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path

@@ -16,11 +16,15 @@ from .families import families_of
 class FGRDataset(Dataset):
     """Items of one split as tensors: ``gt``, ``sr``, ``syn`` (3xHxW), ``mask``, ``mgt`` (1xHxW).
 
+    ``exclude_families`` drops items containing any of those families; ``limit_index`` keeps the
+    items with index below it (a fixed subset); ``limit`` keeps the first ``limit`` items.
+
     ``__getitem__`` takes an index, or ``(index, seed)`` to draw a random crop / flip / rotation
     from that seed (so a batch is a pure function of the step: exact resume)."""
 
     def __init__(self, root: str | Path, split: str, crop: Optional[int] = None, augment: bool = False,
-                 limit: Optional[int] = None, exclude_families: Sequence[str] = ()) -> None:
+                 limit: Optional[int] = None, exclude_families: Sequence[str] = (),
+                 limit_index: Optional[int] = None) -> None:
         self.root = Path(root)
         meta_path = self.root / "dataset.json"
         if not meta_path.is_file():
@@ -29,7 +33,8 @@ class FGRDataset(Dataset):
         self.meta = json.loads(meta_path.read_text())
         excluded = set(exclude_families)
         self.records = sorted((r for r in read_manifest(self.root).values()
-                               if r["split"] == split and not (families_of(r) & excluded)), key=lambda r: r["index"])
+                               if r["split"] == split and not (families_of(r) & excluded)
+                               and (limit_index is None or r["index"] < limit_index)), key=lambda r: r["index"])
         if limit is not None:
             self.records = self.records[:limit]
         if not self.records:

@@ -1,5 +1,8 @@
-"""Drive the viewer in a real headless Chromium (Playwright with Debian's ``/usr/bin/chromium``; no
-browser download). Used by ``tests/test_demo_browser.py`` and by ``python demo/app.py --screenshot``.
+"""Test helper, not part of the viewer: drive the viewer in a real headless Chromium (Playwright with
+Debian's ``/usr/bin/chromium``; no browser download). Used by ``tests/test_demo_browser.py``,
+``tests/test_demo_app.py`` and ``tests/test_viewer_load.py``; it also makes the README's screenshot:
+
+    python tests/viewer_browser.py docs/viewer.png [--model PATH|HUB_ID]
 
     with running_app(config) as app:
         report = score_in_browser(app.local_url, artifact_photo(tmp / "photo.png"), screenshot=tmp / "shot.png")
@@ -32,6 +35,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                  "--disable-dev-shm-usage"]
 SCREENSHOT_MAX_BYTES = 300_000
+REPO = Path(__file__).resolve().parent.parent
 LOCAL = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -45,7 +49,7 @@ def free_port() -> int:
 def _base_photo(size: int) -> np.ndarray:
     """A real photograph as uint8 ``size x size x 3``: a clean bundled example when there is one,
     else scikit-image's astronaut."""
-    examples = Path(__file__).resolve().parent.parent / "examples"
+    examples = REPO / "examples"
     clean = sorted(examples.glob("*clean*")) if examples.is_dir() else []
     if clean:
         img = Image.open(clean[0]).convert("RGB")
@@ -184,3 +188,26 @@ def take_screenshot(out: Path, config, image: Optional[Path] = None, overlay_mod
     if report.page_errors:
         raise RuntimeError(f"the page reported errors: {report.page_errors}")
     return Path(out)
+
+
+def main(argv=None) -> int:
+    """``python tests/viewer_browser.py OUT.png [viewer options]``: the README's screenshot."""
+    import argparse
+    import sys
+
+    from demo import cli
+    from demo.app import config_from_args
+
+    p = cli.add_arguments(argparse.ArgumentParser(prog="tests/viewer_browser.py", description=main.__doc__))
+    p.add_argument("out", type=Path, help="PNG to write (kept under 300 KB)")
+    p.add_argument("--image", type=Path, default=None, help="photo to score (default: one with pasted artifacts)")
+    args = p.parse_args(argv)
+    if args.examples is None and (REPO / "examples").is_dir():
+        args.examples = REPO / "examples"
+    path = take_screenshot(args.out, config_from_args(args), image=args.image)
+    print(f"screenshot saved to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
