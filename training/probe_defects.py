@@ -1,9 +1,10 @@
-"""Paste defects into a test-split photo and report what the reward model sees (README figures).
+"""Paste defects into a test-split photo and report what the reward model sees (used by the tests of
+the bundled model; the per-family benchmark is ``training.evaluate_generalization``).
 
     python -m training.probe_defects [--model PATH] [--image examples/astronaut_clean.jpg]
 
-For each defect kind (blur, JPEG q5 blocking, and posterization, which is in none of the training
-operators) it prints the map's mean inside the patch, outside it, inside the same region of the
+For each defect kind (blur, JPEG q5 blocking, posterization; since data recipe v3 all three are
+training families) it prints the map's mean inside the patch, outside it, inside the same region of the
 clean photo, and the scores of the clean and the damaged image.
 """
 from __future__ import annotations
