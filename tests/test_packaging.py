@@ -109,7 +109,7 @@ def test_score_does_not_load_the_viewer_and_view_comes_from_the_demo_entry_point
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT / "tests")
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout)
-    assert res == {"gradio": False, "demo.app": False, "view": ["view"]}
+    assert res == {"gradio": False, "demo.app": False, "view": ["upscale", "view"]}
     assert PYPROJECT["project"]["entry-points"]["finpercep.commands"]["view"] == "demo.cli:register"
 
 

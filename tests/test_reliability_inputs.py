@@ -293,7 +293,9 @@ def _comfy_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     io.Custom = _Widget
     io.NodeOutput = _NodeOutput
     latest = types.ModuleType("comfy_api.latest")
-    latest.io, latest.ui = io, SimpleNamespace(PreviewText=lambda text: text)
+    preview = lambda *args, **kwargs: SimpleNamespace(values=[])  # noqa: E731
+    latest.io, latest.ui = io, SimpleNamespace(PreviewText=lambda text: text, PreviewImage=preview,
+                                               PreviewMask=preview)
     latest.ComfyExtension = type("ComfyExtension", (), {})
     api = types.ModuleType("comfy_api")
     api.latest = latest

@@ -223,8 +223,12 @@ def export_policy(policy: nn.Module, path: str | os.PathLike, metadata: Optional
                 got = load_upscaler(out)(x)
         finally:
             src.train(was)
+        # relative to the output's magnitude: a diverged policy (outputs far outside [0, 1]) still
+        # exports exactly, and float32 rounding grows with the values
+        scale = max(1.0, float(ref.abs().max()))
         err = float((ref - got).abs().max())
-        if not err <= atol:
+        if not err <= atol * scale:
             out.unlink(missing_ok=True)
-            raise UpscalerFormatError(f"the exported upscaler differs from the policy by {err:.3g} (> {atol:g})")
+            raise UpscalerFormatError(f"the exported upscaler differs from the policy by {err:.3g} "
+                                      f"(> {atol:g} x output scale {scale:.3g})")
     return out

@@ -286,3 +286,8 @@ def apply_random_artifact(img: np.ndarray, rng: np.random.Generator, kinds: Opti
         raise ValueError(f"strength must be (min, max) within [0, 1], got {strength}")
     name = names[int(rng.integers(len(names)))]
     return ARTIFACTS[name](img, rng, float(rng.uniform(*strength))), name
+
+
+# The v3 operators register themselves in ARTIFACTS too: import them here so that the registry is
+# complete whichever module is imported first.
+from . import defects  # noqa: E402,F401
