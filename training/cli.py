@@ -13,44 +13,25 @@ code. The same commands run as modules, under ``accelerate launch`` too::
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import importlib
+from typing import Any, Callable, Optional
 
 
-def _code(result: Any) -> int:
-    return result if isinstance(result, int) else 0
+def _script(module: str) -> Callable[[Optional[list[str]]], int]:
+    """A console-script function that imports ``module`` only when run (cheap start-up) and turns
+    its ``main``'s result into an exit code."""
+
+    def run(argv: Optional[list[str]] = None) -> int:
+        result: Any = importlib.import_module(module).main(argv)
+        return result if isinstance(result, int) else 0
+
+    run.__name__ = module.rsplit(".", 1)[-1]
+    return run
 
 
-def ccl_lora(argv: Optional[list[str]] = None) -> int:
-    from training.ccl_lora import main
-
-    return _code(main(argv))
-
-
-def train_reward(argv: Optional[list[str]] = None) -> int:
-    from training.train_reward import main
-
-    return _code(main(argv))
-
-
-def train_default(argv: Optional[list[str]] = None) -> int:
-    from training.train_default import main
-
-    return _code(main(argv))
-
-
-def evaluate_reward(argv: Optional[list[str]] = None) -> int:
-    from training.evaluate_reward import main
-
-    return _code(main(argv))
-
-
-def build_fgr(argv: Optional[list[str]] = None) -> int:
-    from training.data.build_fgr import main
-
-    return _code(main(argv))
-
-
-def ccl_experiment(argv: Optional[list[str]] = None) -> int:
-    from training.ccl.experiment import main
-
-    return _code(main(argv))
+ccl_lora = _script("training.ccl_lora")
+train_reward = _script("training.train_reward")
+train_default = _script("training.train_default")
+evaluate_reward = _script("training.evaluate_reward")
+build_fgr = _script("training.data.build_fgr")
+ccl_experiment = _script("training.ccl.experiment")

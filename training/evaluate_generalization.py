@@ -40,7 +40,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
-from training.data.build_fgr import make_lr, random_hr_crop, PhotoCache
+from training.data.build_fgr import PhotoCache, make_lr, random_hr_crop
+from training.data.degradations import jpeg_compress
 from training.data.families import FAMILIES, GARBAGE_KINDS, PROTOCOL_HOLDOUT, garbage_image, operator
 from training.data.gt_maps import pixel_difference
 from training.data.masks import random_blobs
@@ -133,12 +134,6 @@ def family_table(scorer: Scorer, crops: list[np.ndarray], families: list[str], s
     return rows
 
 
-def _jpeg(img: np.ndarray, q: int) -> np.ndarray:
-    ok, enc = cv2.imencode(".jpg", cv2.cvtColor((img * 255).round().astype(np.uint8), cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, q])
-    return cv2.cvtColor(cv2.imdecode(enc, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
-
-
 def robustness(scorer: Scorer, crops: list[np.ndarray], seed: int, attack_steps: int = 10,
                attack_eps: float = 2.0 / 255) -> dict[str, float]:
     size = crops[0].shape[0] - 1
@@ -154,7 +149,7 @@ def robustness(scorer: Scorer, crops: list[np.ndarray], seed: int, attack_steps:
     everything = sharp + blur + sr
     rng = np.random.default_rng([seed, 77])
     noisy = [np.clip(x + rng.normal(0, 1 / 255, x.shape), 0, 1).astype(np.float32) for x in everything]
-    jpeg = [_jpeg(x, 95) for x in everything]
+    jpeg = [jpeg_compress(x, 95) for x in everything]
     shifted = [c[1:, 1:] for c in crops]
     out = {"gap": gap, "score_sharp": float(s_sharp.mean()), "score_blur": float(s_blur.mean()),
            "noise": float(np.abs(scorer(noisy)[0] - base).mean() / abs(gap)),

@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 
 from diffusers_ext.hub import DEFAULT_MODEL_DIR  # noqa: E402
@@ -38,6 +36,7 @@ from training import train_reward  # noqa: E402
 from training.checkpointing import atomic_write_dir  # noqa: E402
 from training.calibration import fit_calibration  # noqa: E402
 from training.data.build_fgr import build, parse_shard  # noqa: E402
+from training.data.families import parse_families  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
 from training.metrics import evaluate_stages, format_table  # noqa: E402
 
@@ -152,13 +151,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             train_reward.main(argv_s)
         init = str(out / "model")
     final = FinPercepRM.from_pretrained(init).eval()
-    exclude = train_reward.parse_args(["--data", "x", "--stage", "0", "--output_dir", "x",
-                                       "--exclude_families", args.exclude_families]).exclude
-    val = FGRDataset(args.data, "val", exclude_families=exclude)
-    final.register_to_config(score_calibration=fit_calibration(final, val, range(final.num_stages + 1)))
+    val = FGRDataset(args.data, "val", exclude_families=parse_families(args.exclude_families))
     # The score depends on the framing the model saw in training: larger images are scored in tiles of
     # the size it was calibrated at (the HR item size), where clean photos do score about 0.9.
-    final.register_to_config(tile_size=args.hr_size, tile_overlap=32)
+    final.register_to_config(score_calibration=fit_calibration(final, val, range(final.num_stages + 1)),
+                             tile_size=args.hr_size, tile_overlap=32)
     test = FGRDataset(args.data, "test")
     rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")

@@ -39,7 +39,7 @@ from torch import nn
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.checkpointing import atomic_save_model, list_checkpoints, save_checkpoint  # noqa: F401
-from training.data.families import PROTOCOL_HOLDOUT
+from training.data.families import parse_families
 from training.data.fgr_dataset import FGRDataset, collate, step_batches
 from training.metrics import evaluate_stage
 from training.robustness import attack_score, garbage_batch, imperceptible
@@ -128,8 +128,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--init (the previous stage's model folder) is required for stage >= 1")
     if args.learning_rate is None:
         args.learning_rate = 3e-4 if args.stage == 0 else 1e-3
-    names = [f.strip() for f in args.exclude_families.split(",") if f.strip()]
-    args.exclude = tuple(PROTOCOL_HOLDOUT) if names == ["protocol"] else tuple(names)
+    args.exclude = parse_families(args.exclude_families)
     return args
 
 

@@ -53,6 +53,12 @@ PROTOCOL_HOLDOUT = ("color_noise", "checkerboard", "oversharpen_halo",          
                     "realesrgan-x4plus-anime")                                  # a real GAN SR network
 
 
+def parse_families(text: str) -> tuple[str, ...]:
+    """A ``--exclude_families`` value: comma-separated names, or ``protocol`` for :data:`PROTOCOL_HOLDOUT`."""
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    return tuple(PROTOCOL_HOLDOUT) if names == ["protocol"] else tuple(names)
+
+
 def group_of(name: str) -> str:
     return FAMILIES[name].group
 
