@@ -29,6 +29,7 @@ from benchmarks.common import DTYPES, pick_device, write_report, PeakMemory, flo
 from diffusers_ext.backbones.clip_resnet import ClipResNetBackbone
 from diffusers_ext.hub import resolve_model_dir
 from diffusers_ext.models.finpercep_rm import FinPercepRM
+from diffusers_ext.request import default_tiling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,8 +138,9 @@ def main(argv=None) -> int:
     tiled = None
     if not args.skip_tiled and device.type == "cpu":
         tiled = tiled_4096()
-        lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of {rm.config.tile_size}, overlap "
-                      f"{rm.config.tile_overlap}, stage {n}): {tiled['seconds']:.1f} s, peak RSS "
+        tiling = default_tiling(rm)
+        lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of {tiling.size}, overlap "
+                      f"{tiling.overlap}, stage {n}): {tiled['seconds']:.1f} s, peak RSS "
                       f"{tiled['peak_rss_mb']:.0f} MB (whole process, model included)."]
     write_report("\n".join(lines) + "\n", args.out, args.json, {"machine": machine(device), "matmul_peak_gflops": peak,
                                                                   "rows": rows, "tiled_4096": tiled})

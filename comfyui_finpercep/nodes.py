@@ -135,18 +135,6 @@ class _TileBar:
         pass
 
 
-def _tiles(model, h: int, w: int, tile_size: int, tile_overlap: int) -> int:
-    from diffusers_ext.pipelines.pipeline_finpercep_reward import tile_starts
-
-    tile = model.config.tile_size if tile_size < 0 else tile_size
-    overlap = model.config.tile_overlap if tile_overlap < 0 else tile_overlap
-    if not tile or max(h, w) <= tile:
-        return 1
-    s = model.encoder.max_stride
-    tile = max(s, tile // s * s)
-    return len(tile_starts(h, tile, overlap)) * len(tile_starts(w, tile, overlap))
-
-
 def previews(cls, text: Optional[str] = None, images: tuple = (), masks: tuple = ()) -> dict:
     """The ``ui`` dict of a node: preview images (temp files, shown in the node on the canvas) and a
     text, which the FinPercep web extension (``comfyui_finpercep/web/finpercep.js``) shows in the node."""
@@ -182,6 +170,7 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
 
     Returns (scores float32 [B], pdm [B,H,W] float32 cpu, overlay [B,H,W,3] or None, stage)."""
     from diffusers_ext.image_io import ImageInputError
+    from diffusers_ext.request import RequestError, ScoreRequest, check_image_size, resolve
 
     if not isinstance(handle, RewardModelHandle):
         raise input_error(node, "reward_model", f"got {type(handle).__name__}", "connect the output of 'FinPercep Load Reward Model'")
@@ -189,25 +178,22 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
     _check_image(node, image_input, image)  # gray / RGB / RGBA: image_io makes RGB (alpha over white), as everywhere
     pipe = handle.load()
     model = pipe.reward_model
-    if stage >= 0 and stage > model.num_stages:
-        raise input_error(node, "stage", f"{stage} is above this model's last stage {model.num_stages}",
-                          f"use -1 (the model's stage {model.stage}) or a value in 0..{model.num_stages}")
     b, h, w, _ = image.shape
-    min_size = int(model.config.min_size)
-    if min(h, w) < min_size:
-        raise input_error(node, image_input,
-                          f"{w}x{h} px is below the reward model's minimum of {min_size} px per side",
-                          f"upscale it first (e.g. the 'Upscale Image' node) to at least {min_size}x{min_size} px")
-    if tile_size > 0 and tile_overlap >= 0 and tile_overlap >= tile_size:
-        raise input_error(node, "tile_overlap", f"{tile_overlap} is not below tile_size {tile_size}",
-                          "make tile_overlap smaller than tile_size (or -1 for the model's default)")
-    per_image = _tiles(model, h, w, tile_size, tile_overlap)
+    request = ScoreRequest(None if stage < 0 else stage, None if tile_size < 0 else tile_size,
+                           None if tile_overlap < 0 else tile_overlap)  # -1 = the model's own value
+    try:
+        plan = resolve(model, request)
+        check_image_size(w, h, int(model.config.min_size), "IMAGE")
+    except RequestError as e:
+        raise input_error(node, e.option, str(e), "change it, or set -1 for the model's own value") from e
+    except ImageInputError as e:
+        raise input_error(node, image_input, str(e), "e.g. the 'Upscale Image' node before this one") from e
+    per_image = plan.tiling.count(h, w)
     pbar = comfy.utils.ProgressBar(b * per_image)
     bar = _TileBar(pbar)
     scores, pdms, ovs = [], [], []
-    kwargs = dict(stage=None if stage < 0 else stage, tile_size=None if tile_size < 0 else tile_size,
-                  tile_overlap=None if tile_overlap < 0 else tile_overlap, output_overlays=overlays,
-                  overlay_alpha=overlay_alpha, cmap=cmap)
+    kwargs = dict(stage=request.stage, tile_size=request.tile_size, tile_overlap=request.tile_overlap,
+                  output_overlays=overlays, overlay_alpha=overlay_alpha, cmap=cmap)
     pipe.progress_bar = lambda iterable=None, total=None, **_: bar  # per-tile progress inside the pipeline
     try:
         for i in range(b):
@@ -221,10 +207,6 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
             except ImageInputError as e:
                 raise input_error(node, image_input, f"batch item {i} of {b}: {e}",
                                   "fix the node that produced it: IMAGE values must be finite floats in [0, 1]") from e
-            except ValueError as e:
-                if "tile_overlap" in str(e):
-                    raise input_error(node, "tile_overlap", str(e), "make it smaller than the tile size, or -1") from e
-                raise
             scores.append(float(out.scores[0]))
             pdms.append(torch.from_numpy(out.pdms[0]))
             if overlays:
@@ -273,6 +255,7 @@ class LoadRewardModel(io.ComfyNode):
     def execute(cls, model: str, hub_id: str = "", stage: int = -1, dtype: str = "auto") -> io.NodeOutput:
         from diffusers_ext import FinPercepRewardPipeline
         from diffusers_ext.hub import DEFAULT_MODEL_DIR
+        from diffusers_ext.request import RequestError
 
         node = "FinPercep Load Reward Model"
         hub_id = (hub_id or "").strip()
@@ -312,10 +295,10 @@ class LoadRewardModel(io.ComfyNode):
                               "pick a folder written by FinPercepRM/FinPercepRewardPipeline.save_pretrained") from e
         rm = pipe.reward_model.eval()
         if stage >= 0:
-            if stage > rm.num_stages:
-                raise input_error(node, "stage", f"{stage} is above this model's last stage {rm.num_stages}",
-                                  f"use -1 or a value in 0..{rm.num_stages}")
-            rm.set_stage(stage)
+            try:
+                rm.set_stage(stage)
+            except RequestError as e:
+                raise input_error(node, "stage", str(e), "set -1 (the model's stage) or a stage the model has") from e
         if next(rm.parameters()).dtype != torch_dtype:
             rm.to(dtype=torch_dtype)
         pipe.set_progress_bar_config(disable=True)
@@ -336,8 +319,8 @@ class ScoreImage(io.ComfyNode):
                 REWARD_MODEL.Input("reward_model"),
                 io.Image.Input("image"),
                 io.Int.Input("tile_size", default=-1, min=-1, max=8192,
-                             tooltip="-1: the model's tile size; 0: no tiling (whole image at once)."),
-                io.Int.Input("tile_overlap", default=-1, min=-1, max=4096, tooltip="-1: the model's overlap."),
+                             tooltip="-1: the model's native size; 0: no tiling (whole image at once)."),
+                io.Int.Input("tile_overlap", default=-1, min=-1, max=4096, tooltip="-1: a sixth of the tile."),
                 io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05),
                 io.Combo.Input("colormap", options=COLORMAPS, default="inferno"),
                 io.Int.Input("stage", default=-1, min=-1, max=16, tooltip="-1: the stage chosen at load time."),
@@ -379,7 +362,7 @@ class BestOfN(io.ComfyNode):
                                tooltip="λ2 of the fused reward; 0 ranks by the global score alone."),
                 io.Float.Input("worst_fraction", default=0.01, min=0.0001, max=1.0, step=0.005,
                                tooltip="The PDM penalty is the mean of this top fraction of map values."),
-                io.Int.Input("tile_size", default=-1, min=-1, max=8192, tooltip="-1: the model's tile size; 0: no tiling."),
+                io.Int.Input("tile_size", default=-1, min=-1, max=8192, tooltip="-1: the model's native size; 0: no tiling."),
             ],
             outputs=[
                 io.Image.Output(display_name="best"),

@@ -20,6 +20,7 @@ from PIL import Image
 
 from diffusers_ext.image_io import ImageInputError, describe, load_image, to_float_rgb
 from diffusers_ext.pdm import Region, draw_regions, label_components, overlay, resize_pdm, summary, worst_windows
+from diffusers_ext.request import RequestError, ScoreRequest, check_image_size, resolve, score_record
 
 __all__ = [
     "BAND_LABELS", "CALIBRATED_BANDS", "DEFAULT_MAX_PIXELS", "DEFAULT_OVERLAY", "IMAGE_SUFFIXES", "REGION_HEADERS",
@@ -163,17 +164,14 @@ class Analysis:
         return int(self.rgb.shape[1]), int(self.rgb.shape[0])
 
     def record(self, regions: Sequence[Region] = (), threshold: Optional[float] = None) -> dict[str, Any]:
-        """A JSON-ready record (the ``finpercep score`` fields plus stage, model, size and regions)."""
+        """A JSON-ready record: the ``finpercep score`` fields (:func:`diffusers_ext.request.score_record`)
+        plus the band, model, timing and regions."""
         label, _ = self.guide.band(self.score)
-        st = summary(self.pdm, threshold if threshold is not None else 0.5)
-        return {
-            "image": self.name, "score": float(self.score), "band": label,
-            "raw_score": float(self.score if self.raw_score is None else self.raw_score), "pdm_mean": st["mean"],
-            "pdm_max": st["max"], "pdm_p95": st["p95"], "frac_above": st["frac_above"],
-            "threshold": st["threshold"], "stage": self.stage, "num_stages": self.num_stages,
-            "model": self.model, "width": self.size[0], "height": self.size[1], "tiles": self.tiles,
-            "seconds": round(self.seconds, 3), "regions": [r.as_dict() for r in regions],
-        }
+        raw = self.score if self.raw_score is None else self.raw_score
+        rec = score_record(self.name, self.score, raw, self.pdm, self.stage, self.num_stages, self.tiles,
+                           threshold if threshold is not None else 0.5)
+        rec.update(band=label, model=self.model, seconds=round(self.seconds, 3), regions=[r.as_dict() for r in regions])
+        return rec
 
 
 def open_image(source: ImageSource, name: Optional[str] = None,
@@ -194,19 +192,6 @@ def open_image(source: ImageSource, name: Optional[str] = None,
     if isinstance(source, (PIL.Image.Image, np.ndarray)):
         return source, name or describe(source)
     raise ImageInputError(f"cannot read an image from {describe(source)}; pass a file path, PIL image or array")
-
-
-def tile_count(pipe, size: tuple[int, int], tile_size: Optional[int]) -> int:
-    """How many tiles the pipeline will use for an image of ``size = (width, height)``."""
-    from diffusers_ext.pipelines.pipeline_finpercep_reward import tile_starts
-
-    cfg = pipe.reward_model.config
-    tile = cfg.tile_size if tile_size is None else int(tile_size)
-    s = pipe.reward_model.encoder.max_stride
-    if not tile or max(size) <= tile:
-        return 1
-    tile = max(s, tile // s * s)
-    return len(tile_starts(size[1], tile, cfg.tile_overlap)) * len(tile_starts(size[0], tile, cfg.tile_overlap))
 
 
 def analyze(
@@ -235,19 +220,18 @@ def analyze(
     img, label = open_image(image, name, max_pixels)
     rgb = to_float_rgb(img, label)
     m = pipe.reward_model
-    st = m.stage if stage is None or int(stage) < 0 else int(stage)
     h, w = rgb.shape[:2]
-    if min(h, w) < m.config.min_size:
-        raise ImageInputError(f"{label}: {w}x{h} px is smaller than this reward model's minimum side of "
-                              f"{m.config.min_size} px; upscale it first or pick a larger image")
-    tiles = tile_count(pipe, (w, h), tile_size)
-    if progress is not None:
-        progress(0.0, f"scoring {label} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, stage {st})")
-    t0 = time.perf_counter()
+    request = ScoreRequest.parse(stage, tile_size)
     try:
-        out = pipe([rgb], stage=st, tile_size=tile_size, output_overlays=False)
-    except ValueError as e:  # stage out of range, bad tile settings
+        plan = resolve(m, request)
+    except RequestError as e:  # stage out of range, bad tile settings
         raise ImageInputError(f"{label}: {e}") from None
+    check_image_size(w, h, int(m.config.min_size), label)
+    tiles = plan.tiling.count(h, w)
+    if progress is not None:
+        progress(0.0, f"scoring {label} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, stage {plan.stage})")
+    t0 = time.perf_counter()
+    out = pipe([rgb], stage=request.stage, tile_size=request.tile_size, output_overlays=False)
     pdm = np.asarray(out.pdms[0], dtype=np.float32)
     if guide is None:
         folder = m.config.get("_name_or_path") if hasattr(m.config, "get") else None

@@ -95,15 +95,18 @@ class ModelInfo:
 
 def describe_model(pipe, ref: ModelRef) -> ModelInfo:
     """The :class:`ModelInfo` of a loaded ``FinPercepRewardPipeline``."""
+    from diffusers_ext.request import default_tiling
+
     m = pipe.reward_model
     cfg = m.config
+    tiling = default_tiling(m)
     return ModelInfo(
         label=ref.label,
         backbone=str(cfg.backbone),
         num_stages=m.num_stages,
         default_stage=m.stage,
-        tile_size=int(cfg.tile_size),
-        tile_overlap=int(cfg.tile_overlap),
+        tile_size=tiling.size,
+        tile_overlap=tiling.overlap,
         min_size=int(cfg.min_size),
         params_m=sum(p.numel() for p in m.parameters()) / 1e6,
         map_strides=tuple(m.map_resolution(k) for k in range(1, m.num_stages + 1)),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from diffusers_ext.image_io import ImageInputError
+from diffusers_ext.request import RequestError, parse_option
 
 from . import core
 from .core import DEFAULT_MAX_PIXELS, Analysis, Comparison
@@ -54,25 +55,12 @@ class CompareState:
     folder: Path
 
 
-def _stage(stage: Any) -> Optional[int]:
-    if stage is None or stage == "":
-        return None
-    s = int(stage)
-    return None if s < 0 else s
-
-
-def _tile(tile: Any) -> Optional[int]:
-    """``None`` / ``""`` / ``"default"`` = the model's tile size; 0 = never tile; otherwise at least 32 px."""
-    if tile is None or str(tile).strip().lower() in ("", "default", "model default"):
-        return None
+def _option(value: Any, option: str) -> Optional[int]:
+    """A form value through the request layer (``"default"`` / empty / -1 = the model's own value)."""
     try:
-        t = int(float(str(tile).strip()))
-    except ValueError:
-        raise ImageInputError(f"tile size {tile!r} is not a number: use 'default', 0 (never tile) or a size "
-                              "in pixels such as 512") from None
-    if t < 0 or 0 < t < 32:
-        raise ImageInputError(f"tile size {t}: use 0 (never tile), empty (the model's default) or at least 32 px")
-    return t
+        return parse_option(value, option)
+    except RequestError as e:
+        raise ImageInputError(str(e)) from None
 
 
 class Viewer:
@@ -113,7 +101,7 @@ class Viewer:
     def analyze(self, image: Any, kind: Optional[str], ref: Optional[str], stage: Any = -1, tile: Any = None,
                 progress: Progress = None, name: Optional[str] = None) -> Analysis:
         pipe, mref = self.pipe(kind, ref, progress)
-        return core.analyze(pipe, image, name=name, stage=_stage(stage), tile_size=_tile(tile),
+        return core.analyze(pipe, image, name=name, stage=_option(stage, "stage"), tile_size=_option(tile, "tile_size"),
                             model_label=mref.label, max_pixels=self.config.max_pixels, progress=progress)
 
     def inspect(self, image: Any, kind: Optional[str], ref: Optional[str], stage: Any, tile: Any, alpha: float,
@@ -185,7 +173,7 @@ class Viewer:
             if progress:
                 progress(i / len(paths), f"{i + 1}/{len(paths)}: {path.name}")
             try:
-                an = core.analyze(pipe, path, stage=_stage(stage), tile_size=_tile(tile), model_label=mref.label,
+                an = core.analyze(pipe, path, stage=_option(stage, "stage"), tile_size=_option(tile, "tile_size"), model_label=mref.label,
                                   max_pixels=self.config.max_pixels)
             except ImageInputError as e:
                 records.append({"image": path.name, "error": str(e)})

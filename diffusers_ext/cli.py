@@ -1,6 +1,7 @@
 """The ``finpercep`` command line.
 
-    finpercep score IMAGE... [--model PATH|HUB_ID] [--pdm-dir DIR] [--device cpu|cuda] [--tile N] [--stage K]
+    finpercep score IMAGE... [--model PATH|HUB_ID] [--pdm-dir DIR] [--device cpu|cuda] [--stage K]
+                    [--tile N] [--tile-overlap N]        (each option also takes "default")
     finpercep view [--host 127.0.0.1] [--port 7860] [--model ...] ...   (from the demo package)
 
 ``score`` prints one JSON object per image on stdout (``score``: the calibrated score in (0, 1) of a
@@ -58,8 +59,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--model", default=None, help="reward model folder or Hub id (default: the bundled model)")
     sc.add_argument("--pdm-dir", default=None, help="write <stem>.pdm.npy and <stem>.overlay.png here")
     sc.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
-    sc.add_argument("--tile", type=int, default=None, help="tile size for large images (0 = never tile)")
-    sc.add_argument("--stage", type=int, default=None, help="curriculum stage (0 = global only; default: finest)")
+    sc.add_argument("--stage", default="default", help="curriculum stage, 0 = global only (default: the model's)")
+    sc.add_argument("--tile", default="default",
+                    help="tile side in px for large images, 0 = never tile (default: the model's native size)")
+    sc.add_argument("--tile-overlap", default="default", help="tile overlap in px (default: a sixth of the tile)")
     sc.add_argument("--cmap", default="inferno", help="overlay colormap (default: inferno)")
     sc.set_defaults(func=score_command)
     for name, candidates in _plugin_commands().items():
@@ -92,14 +95,21 @@ def score_command(args: argparse.Namespace) -> int:
     import torch
 
     from .image_io import ImageInputError, load_image
-    from .pdm import summary
     from .pipelines.pipeline_finpercep_reward import FinPercepRewardPipeline
+    from .request import RequestError, ScoreRequest, resolve, score_record
 
     try:
-        pipe = FinPercepRewardPipeline.from_pretrained(args.model, stage=args.stage).to(torch.device(args.device))
+        pipe = FinPercepRewardPipeline.from_pretrained(args.model).to(torch.device(args.device))
     except Exception as e:  # one clear line instead of a traceback for a bad --model
         print(f"finpercep: cannot load reward model {args.model or '(bundled default)'}: {e}", file=sys.stderr)
         return 2
+    try:
+        request = ScoreRequest.parse(args.stage, args.tile, args.tile_overlap)
+        resolve(pipe.reward_model, request)  # bad options fail once, before any image
+    except RequestError as e:
+        print(f"finpercep: --{e.option.replace('_', '-').replace('tile-size', 'tile')}: {e}", file=sys.stderr)
+        return 2
+    model = pipe.reward_model
     pdm_dir = Path(args.pdm_dir) if args.pdm_dir else None
     if pdm_dir is not None:
         pdm_dir.mkdir(parents=True, exist_ok=True)
@@ -108,16 +118,17 @@ def score_command(args: argparse.Namespace) -> int:
         path = Path(name)
         try:
             image = load_image(path)
-            out = pipe([image], tile_size=args.tile, output_overlays=pdm_dir is not None, cmap=args.cmap)
+            out = pipe([image], stage=request.stage, tile_size=request.tile_size, tile_overlap=request.tile_overlap,
+                       output_overlays=pdm_dir is not None, cmap=args.cmap)
         except (ImageInputError, ValueError, OSError) as e:
             msg = str(e).replace("\n", " ")
             print(f"finpercep: {msg if name in msg else f'{name}: {msg}'}", file=sys.stderr)
             failed += 1
             continue
         pdm = out.pdms[0]
-        stats = summary(pdm)
-        record = {"image": str(path), "score": float(out.scores[0]), "raw_score": float(out.raw_scores[0]),
-                  "pdm_mean": stats["mean"], "pdm_max": stats["max"], "pdm_npy": None, "overlay_png": None}
+        record = score_record(str(path), out.scores[0], out.raw_scores[0], pdm, out.stage, model.num_stages,
+                              out.tiles[0])
+        record.update(pdm_npy=None, overlay_png=None)
         if pdm_dir is not None:
             stem = _unique_stem(path, used)
             npy, png = pdm_dir / f"{stem}.pdm.npy", pdm_dir / f"{stem}.overlay.png"

@@ -489,12 +489,13 @@ def _split(image: Any, name: str) -> Iterator[tuple[str, Any]]:
         yield name, image
 
 
-def _check_min_size(chw: torch.Tensor, name: str, image: Any, min_size: int) -> None:
-    h, w = chw.shape[-2:]
-    if min(h, w) < min_size:
+def check_image_size(width: int, height: int, min_size: int, label: str = "image") -> None:
+    """ImageInputError when a side of a ``width x height`` image is below the model's ``min_size``
+    (the one minimum-size check of the package; :mod:`diffusers_ext.request` re-exports it)."""
+    if min(width, height) < min_size:
         raise ImageInputError(
-            f"{_label(name, image)}: {w}x{h} px (width x height) is below the model's minimum of {min_size} px "
-            f"on each side; upscale it (e.g. PIL image.resize) or pad it to at least {min_size}x{min_size}"
+            f"{label}: {width}x{height} px (width x height) is below the reward model's minimum of {min_size} px "
+            f"on each side; upscale it first (or pad it) to at least {min_size}x{min_size} px"
         )
 
 
@@ -537,6 +538,6 @@ def to_batch_tensor(
     out = []
     for name, image in items:
         chw = _to_chw(image, name)
-        _check_min_size(chw, name, image, int(min_size))
+        check_image_size(int(chw.shape[-1]), int(chw.shape[-2]), int(min_size), _label(name, image))
         out.append(chw.unsqueeze(0).to(device=device if device is not None else chw.device, dtype=dtype))
     return out

@@ -79,7 +79,7 @@ def fused_reward(score: torch.Tensor, pdm: torch.Tensor | None, cfg: RewardConfi
 def compute_reward(model: Any, images: torch.Tensor, cfg: RewardConfig, stage: int | None = None) -> RewardTerms:
     """Differentiable reward of ``images`` (``Bx3xHxW`` in [0,1]) under a FinPercepRM at ``stage``."""
     out = model(images, stage=stage)
-    use_map = out.pdm if (stage if stage is not None else model.config.stage) > 0 else None
+    use_map = out.pdm if (stage if stage is not None else model.stage) > 0 else None
     return fused_reward(out.score, use_map, cfg)
 
 

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 TINY_CONFIG = dict(backbone="tiny", backbone_kwargs={"widths": [8, 12, 16, 24]}, decoder_channels=8,
-                   head_hidden=16, min_size=16, tile_size=128, tile_overlap=32)
+                   head_hidden=16, min_size=16, native_size=128)
 
 
 def make_tiny_model(seed: int = 0, **overrides):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 DETECTOR_CONFIG = dict(backbone="tiny", backbone_kwargs={"widths": [4, 4, 4, 4]}, decoder_channels=4, head_hidden=4,
-                       min_size=16, tile_size=128, tile_overlap=32)
+                       min_size=16, native_size=128)
 GAIN = 20.0  # g: Laplacian gain of the first level
 MAP_SLOPE = 1.5  # a
 MAP_OFFSET = 6.0  # b: the energy at which the map is 0.5 (a photo's texture stays well below)

@@ -28,7 +28,9 @@ def test_score_writes_json_npy_and_overlay(model_dir, photo, tmp_path, capsys):
     assert rc == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in lines] == [str(a), str(b)]
-    assert set(lines[0]) == {"image", "score", "raw_score", "pdm_mean", "pdm_max", "pdm_npy", "overlay_png"}
+    assert set(lines[0]) == {"image", "score", "raw_score", "pdm_mean", "pdm_max", "pdm_p95", "frac_above", "threshold",
+                             "stage", "num_stages", "width", "height", "tiles", "pdm_npy", "overlay_png"}
+    assert (lines[1]["width"], lines[1]["height"], lines[1]["tiles"]) == (200, 120, 2)  # native 128 px: 2 tiles
     assert lines[0]["pdm_npy"] != lines[1]["pdm_npy"]  # same stem, no overwrite
     pdm = np.load(lines[1]["pdm_npy"])
     assert pdm.shape == (120, 200) and pdm.dtype == np.float32 and 0 <= pdm.min() <= pdm.max() <= 1

@@ -234,7 +234,7 @@ def test_regions_table_and_boxes_follow_the_map():
 def test_input_errors_name_the_file_and_the_fix(viewer, ref, files):
     with pytest.raises(ImageInputError, match=r"notes\.png: not a recognized image file.*text file.*pass a PNG"):
         viewer.inspect(files["notimage"], *ref, -1, None, *DISPLAY, 0.5, 5)
-    with pytest.raises(ImageInputError, match=r"tiny\.png: 8x8 px is smaller than .* minimum side of 16 px"):
+    with pytest.raises(ImageInputError, match=r"tiny\.png: 8x8 px .* below the reward model.s minimum of 16 px"):
         viewer.inspect(files["tiny"], *ref, -1, None, *DISPLAY, 0.5, 5)
     with pytest.raises(ImageInputError, match="no image"):
         viewer.inspect(None, *ref, -1, None, *DISPLAY, 0.5, 5)

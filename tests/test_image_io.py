@@ -145,10 +145,10 @@ def test_one_by_one_and_thin(tmp_path: Path) -> None:
     assert arr.shape == (500, 1, 3) and np.allclose(arr[..., 2], 1.0)
     (t,) = to_batch_tensor([load_image(thin)], min_size=1)
     assert t.shape == (1, 3, 500, 1)
-    msg = _raises("below the model's minimum", to_batch_tensor, [load_image(tiny), load_image(thin)], min_size=32)
+    msg = _raises("below the reward model's minimum", to_batch_tensor, [load_image(tiny), load_image(thin)], min_size=32)
     assert "images[0]" in msg and "1x1 px" in msg and "32" in msg
     msg = _raises("1x500 px", to_batch_tensor, [load_image(thin)], min_size=32)
-    assert "pad it to at least 32x32" in msg
+    assert "to at least 32x32 px" in msg
 
 
 def test_grayscale_png(tmp_path: Path) -> None:

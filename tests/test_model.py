@@ -123,7 +123,7 @@ def test_save_and_load_round_trip_with_stage_override(tmp_path, tiny_model):
 def test_bad_stage_and_small_images_get_clear_errors(tiny_model):
     with pytest.raises(ValueError, match="stage must be in 0..4"):
         tiny_model(torch.rand(1, 3, 32, 32), stage=7)
-    with pytest.raises(ValueError, match="smaller than this reward model's minimum"):
+    with pytest.raises(ValueError, match="below the reward model.s minimum"):
         tiny_model(torch.rand(1, 3, 8, 64))
     with pytest.raises(ValueError, match="unknown backbone"):
         FinPercepRM(backbone="nope")

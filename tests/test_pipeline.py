@@ -10,7 +10,7 @@ from conftest import make_tiny_model
 from fixture_models import defect_photo, make_detector_model
 from diffusers_ext import FinPercepRewardPipeline
 from diffusers_ext.image_io import ImageInputError
-from diffusers_ext.pipelines.pipeline_finpercep_reward import owned_cells, ramp, tile_starts
+from diffusers_ext.tiling import owned_cells, ramp, tile_starts
 from hub_fixtures import local_hub  # noqa: F401
 
 
@@ -81,7 +81,7 @@ def test_stage_zero_has_no_map(pipe, photo):
 
 
 def test_bad_inputs_are_refused_clearly(pipe, tmp_path):
-    with pytest.raises(ImageInputError, match="below the model.s minimum"):
+    with pytest.raises(ImageInputError, match="below the reward model.s minimum"):
         pipe(np.zeros((4, 4, 3), np.float32))
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")

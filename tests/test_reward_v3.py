@@ -105,6 +105,18 @@ def test_sharded_build_writes_exactly_what_one_process_writes(tmp_path):
         parse_shard("4/4")
 
 
+def test_build_processes_split_the_machines_cores(monkeypatch):
+    from training.data.build_fgr import build_threads
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert build_threads(None, None) == 8 and build_threads(None, "1/2") == 4 and build_threads(None, "0/16") == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # a launcher's processes on this machine
+    assert build_threads(None, "3/8") == 2 and build_threads(3, "3/8") == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        build_threads(0, None)
+
+
 def test_dataset_excludes_families(tmp_path):
     root = _build(tmp_path / "ds")
     full = FGRDataset(root, "train")

@@ -155,7 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     # The score depends on the framing the model saw in training: larger images are scored in tiles of
     # the size it was calibrated at (the HR item size), where clean photos do score about 0.9.
     final.register_to_config(score_calibration=fit_calibration(final, val, range(final.num_stages + 1)),
-                             tile_size=args.hr_size, tile_overlap=32)
+                             native_size=args.hr_size)
     test = FGRDataset(args.data, "test")
     rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")
@@ -165,7 +165,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     (args.results / "default_model.md").write_text(table)
     print(table)
     if not args.skip_export:
-        final.set_stage(final.num_stages)
+        final.set_default_stage(final.num_stages)
         n_params = sum(p.numel() for p in final.parameters())
 
         def write(tmp: Path) -> None:

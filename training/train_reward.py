@@ -142,7 +142,7 @@ def build_model(args: argparse.Namespace) -> FinPercepRM:
             model.encoder.load_pretrained()
     if args.stage > model.num_stages:
         raise ValueError(f"--stage {args.stage} but the model has stages 0..{model.num_stages}")
-    model.set_stage(args.stage)
+    model.set_default_stage(args.stage)  # the saved checkpoint opens at the stage it was trained for
     model.requires_grad_(False)
     for prm in model.stage_parameters(args.stage):
         prm.requires_grad_(True)

@@ -13,8 +13,9 @@ exactly the outputs it gave when it was trained: the RL trainer loads any stage 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -23,7 +24,10 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..backbones import build_backbone
+from ..image_io import check_image_size
+from ..request import check_stage
 from ..rewards import topk_mean
+from ..tiling import Tiling, owned_cells, ramp
 
 DEFAULT_DECODER_CHANNELS = (96, 64, 48, 32, 24, 16)
 
@@ -79,7 +83,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         backbone_kwargs: keyword arguments of that encoder.
         decoder_channels: width of each decoder level, deepest first (one int = all levels).
         num_stages: N, the number of map stages (<= number of backbone levels; default: all).
-        stage: the active curriculum stage, 0..N (default N, the finest map).
+        stage: the checkpoint's default stage, 0..N (default N, the finest map): the last stage
+            trained. Which stage runs is runtime state (:meth:`set_stage`, ``from_pretrained(stage=)``,
+            ``forward(stage=)``) and is never written to the config.
         head_hidden: hidden width of the score MLPs.
         score_modulation: ``"one_minus"`` pools ``f_N ⊙ (1 - M)``, ``"none"`` pools ``f_N``.
         score_map_stats: also feed the map's mean and top-fraction mean into the score MLP (OURS).
@@ -88,7 +94,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         score_calibration: per stage 0..N, ``[a, b]`` of the bounded score ``sigmoid(a * raw + b)``
             (fitted after training: the median clean photo maps to 0.9, the first quartile of fully
             damaged images to 0.1; see ``training/calibration.py``). ``None``: scores stay raw.
-        tile_size / tile_overlap: defaults for tiled inference of large images (pipeline).
+        native_size: the image side the model sees in one pass (its training framing). Larger images
+            go through tiles of this size by default (:func:`diffusers_ext.request.default_tiling`);
+            ``None``: 768 px tiles. Older configs' ``tile_size`` is read as this.
 
     Runtime setting (not saved): ``channels_last`` (default True) runs the encoder on channels-last
     activations; the weights stay as stored. Same outputs to float rounding, 1.5-1.9x faster on our
@@ -112,8 +120,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         score_map_stats: bool = True,
         map_stat_top_fraction: float = 0.01,
         min_size: int = 32,
-        tile_size: int = 768,
-        tile_overlap: int = 64,
+        native_size: Optional[int] = None,
         score_calibration: Optional[Sequence[Sequence[float]]] = None,
     ) -> None:
         super().__init__()
@@ -137,16 +144,31 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             [ScoreHead(c_top, head_hidden)] + [ScoreHead(c_top + extra, head_hidden) for _ in range(n)]
         )
         self.register_to_config(num_stages=n, stage=n if stage is None else stage)
-        self._check_stage(self.config.stage)
+        self._stage = self._check_stage(self.config.stage)
         if score_calibration is not None and len(score_calibration) != n + 1:
             raise ValueError(f"score_calibration needs one [a, b] per stage 0..{n}, got {len(score_calibration)}")
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' config reading, with the tile options of older configs read as ``native_size``."""
+        config_dict = dict(config_dict)
+        legacy_tile = config_dict.pop("tile_size", None)
+        config_dict.pop("tile_overlap", None)
+        if legacy_tile and "native_size" not in config_dict:
+            config_dict["native_size"] = legacy_tile
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, stage: Optional[int] = None, **kwargs):
         """diffusers' ``from_pretrained`` with safetensors only by default (a pickled ``.bin`` is
         refused unless ``use_safetensors=False`` is passed explicitly) and errors that name the
-        folder, the problem and the fix."""
+        folder, the problem and the fix. ``stage`` sets the runtime stage (default: the checkpoint's)."""
+        model = cls._load(pretrained_model_name_or_path, **kwargs)
+        return model if stage is None else model.set_stage(stage)
+
+    @classmethod
+    def _load(cls, pretrained_model_name_or_path, **kwargs):
         if kwargs.get("use_safetensors") is None:  # diffusers' pipeline loader passes None through
             kwargs["use_safetensors"] = True
         where = str(pretrained_model_name_or_path)
@@ -181,17 +203,23 @@ class FinPercepRM(ModelMixin, ConfigMixin):
 
     @property
     def stage(self) -> int:
-        return int(self.config.stage)
+        """The stage :meth:`forward` runs when given none (runtime state, not saved)."""
+        return self._stage
 
     def _check_stage(self, stage: int) -> int:
-        if not 0 <= int(stage) <= self.num_stages:
-            raise ValueError(f"stage must be in 0..{self.num_stages} for this model, got {stage}")
-        return int(stage)
+        return check_stage(stage, self.num_stages)
 
     def set_stage(self, stage: int) -> "FinPercepRM":
-        """Make ``stage`` the default stage of :meth:`forward` (also saved with the config)."""
-        self.register_to_config(stage=self._check_stage(stage))
+        """Run ``stage`` by default from now on. Runtime only: the config (and so a saved copy) keeps
+        the checkpoint's default stage; use :meth:`set_default_stage` to change that."""
+        self._stage = self._check_stage(stage)
         return self
+
+    def set_default_stage(self, stage: int) -> "FinPercepRM":
+        """Record ``stage`` as the checkpoint's default stage (saved in the config; the trainer marks
+        the last stage it trained) and run it."""
+        self.register_to_config(stage=self._check_stage(stage))
+        return self.set_stage(stage)
 
     def stage_parameters(self, stage: int) -> Iterator[nn.Parameter]:
         """The parameters that stage ``stage`` adds: backbone + score head 0 for stage 0, decoder
@@ -221,11 +249,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Backbone features of ``x`` (``Bx3xHxW`` in [0,1]), padded to a multiple of the max stride."""
         h, w = x.shape[-2:]
-        if min(h, w) < self.config.min_size:
-            raise ValueError(
-                f"image of {w}x{h} px is smaller than this reward model's minimum side of "
-                f"{self.config.min_size} px; upscale it first"
-            )
+        check_image_size(int(w), int(h), int(self.config.min_size))
         x = self._pad(x)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -303,19 +327,65 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         return torch.sigmoid(raw * float(a) + float(b))
 
     # ------------------------------------------------------------------ forward
-    def forward(self, images: torch.Tensor, stage: Optional[int] = None, return_dict: bool = True):
+    def forward(self, images: torch.Tensor, stage: Optional[int] = None, return_dict: bool = True,
+                tiling: Optional[Tiling] = None, on_pass: Optional[Callable[[], None]] = None):
         """Score ``images`` (``Bx3xHxW`` in [0, 1]). Differentiable end to end.
+
+        ``tiling``: images with a side above ``tiling.size`` go through overlapping tiles (bounded
+        memory): the maps blend with linear ramps and every deepest-feature cell enters the pooled
+        feature exactly once, so the result equals the untiled one where that fits. Build it with
+        :func:`diffusers_ext.request.resolve`. ``pdm_logits`` is ``None`` for a tiled result.
+        ``on_pass``: called after each model pass (one per tile), e.g. to advance a progress bar.
 
         Returns :class:`FinPercepRMOutput` (or ``(score, pdm)`` when ``return_dict=False``)."""
         stage = self.stage if stage is None else self._check_stage(stage)
         size = tuple(images.shape[-2:])
-        raw, pdm, logits = self.predict(self.encode(images), size, stage)
+        if tiling is not None and tiling.applies(*size):
+            raw, pdm = self._forward_tiled(images, stage, tiling, on_pass)
+            logits = None
+        else:
+            raw, pdm, logits = self.predict(self.encode(images), size, stage)
+            if on_pass is not None:
+                on_pass()
         score = self.calibrate(raw, stage)
         if pdm is None:
             pdm = images.new_zeros(images.shape[0], 1, *size)
         if not return_dict:
             return score, pdm
         return FinPercepRMOutput(score=score, pdm=pdm, pdm_logits=logits, raw_score=raw)
+
+    def _forward_tiled(self, images: torch.Tensor, stage: int, tiling: Tiling,
+                       on_pass: Optional[Callable[[], None]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Raw score ``[B]`` and map ``[B, 1, H, W]`` (``None`` at stage 0) of same-size images from tiles."""
+        s = self.encoder.max_stride
+        tile, overlap = tiling.size, tiling.overlap
+        b, _, h, w = images.shape
+        ys, xs = tiling.grid(h, w)
+        acc = images.new_zeros(b, 1, h, w, dtype=torch.float32) if stage else None
+        wsum = images.new_zeros(1, 1, h, w, dtype=torch.float32) if stage else None
+        pooled, cells = None, 0
+        for iy, y0 in enumerate(ys):
+            for ix, x0 in enumerate(xs):
+                crop = images[..., y0:y0 + tile, x0:x0 + tile]
+                th, tw = crop.shape[-2:]
+                feats = self.encode(crop)
+                logits = self.decode_logits(feats, stage)
+                pdm = None if logits is None else self.logits_to_map(logits, (th, tw))
+                own = (owned_cells(ys, iy, tile, s, -(-th // s)), owned_cells(xs, ix, tile, s, -(-tw // s)))
+                part, n = self.modulated_sum(feats[-1], pdm, (th, tw), owned=own)
+                pooled = part.float() if pooled is None else pooled + part.float()
+                cells += n
+                if pdm is not None:
+                    wy = ramp(th, overlap, iy == 0, iy == len(ys) - 1)
+                    wx = ramp(tw, overlap, ix == 0, ix == len(xs) - 1)
+                    wt = torch.from_numpy(np.outer(wy, wx)).to(acc.device)[None, None]
+                    acc[..., y0:y0 + th, x0:x0 + tw] += pdm.float() * wt
+                    wsum[..., y0:y0 + th, x0:x0 + tw] += wt
+                if on_pass is not None:
+                    on_pass()
+        dtype = next(self.score_heads.parameters()).dtype
+        full = None if acc is None else (acc / wsum.clamp_min(1e-8)).to(dtype)
+        return self.score_from((pooled / cells).to(dtype), full, stage), full
 
     def _pad_size(self, size: tuple[int, int]) -> tuple[int, int]:
         s = self.encoder.max_stride

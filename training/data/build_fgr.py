@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import cv2
 import numpy as np
+import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -259,6 +260,18 @@ def parse_shard(text: Optional[str]) -> tuple[int, int]:
     return i, n
 
 
+def build_threads(threads: Optional[int], shard_text: Optional[str]) -> int:
+    """Torch threads of one build process. Processes sharing a machine must split its cores: two
+    shards with torch's default of all cores each ran 4-5x slower here (oversubscription)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        return threads
+    local = os.environ.get("LOCAL_WORLD_SIZE")
+    n = int(local) if local else (parse_shard(shard_text)[1] if shard_text else 1)
+    return max(1, (os.cpu_count() or 1) // n)
+
+
 def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
           feature: str = "efficientnet_lite0", alpha: float = 0.5, pixel_scale: Optional[float] = None,
           feature_scale: Optional[float] = None, extra_photos: tuple[str, ...] = (), calib_items: int = 32,
@@ -348,9 +361,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "and garbage; v2: SR outputs only (the earlier recipe)")
     ap.add_argument("--shard", default=None, help="build only shard i of n (i/n, e.g. 0/4); default: the "
                     "launcher's RANK/WORLD_SIZE, else everything")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads of this process (default: the cores divided among the processes "
+                         "of this machine: LOCAL_WORLD_SIZE under a launcher, n for --shard i/n)")
     args = ap.parse_args(argv)
     if args.hr_size % 4:
         ap.error("--hr-size must be a multiple of 4 (the SR scale)")
+    torch.set_num_threads(build_threads(args.threads, args.shard))
     build(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.hr_size, args.seed,
           args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos),
           recipe=args.recipe, shard=parse_shard(args.shard))
