@@ -55,7 +55,23 @@ def register_model_folder() -> None:
         folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([default], {".json", ".safetensors"})
 
 
+#: The FinPercep-tuned upscalers this repository ships (``python -m training.ship_upscaler``), one folder each.
+SHIPPED_UPSCALERS = Path(__file__).resolve().parents[1] / "upscalers"
+
+
+def register_shipped_upscalers() -> list[str]:
+    """Add each folder of :data:`SHIPPED_UPSCALERS` to ComfyUI's ``upscale_models`` paths, so the core
+    Load Upscale Model lists our tuned upscalers with no copying. Returns the folders added."""
+    added = []
+    if SHIPPED_UPSCALERS.is_dir():
+        for folder in sorted(p for p in SHIPPED_UPSCALERS.iterdir() if any(p.glob("*.safetensors"))):
+            folder_paths.add_model_folder_path("upscale_models", str(folder))
+            added.append(str(folder))
+    return added
+
+
 register_model_folder()
+register_shipped_upscalers()
 
 
 def reward_model_choices() -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .image_io import ImageInputError, check_image_size  # noqa: F401  (re-exported: the one size check)
+from .image_io import check_image_size  # noqa: F401  (re-exported: the one size check)
 from .pdm import summary
 from .tiling import Tiling
 

@@ -287,6 +287,7 @@ def _comfy_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     fp.get_folder_paths = lambda kind: list(fp.folder_names_and_paths[kind][0])
     fp.get_filename_list = lambda kind: []
     fp.get_full_path = lambda kind, name: None
+    fp.add_model_folder_path = lambda kind, path: fp.folder_names_and_paths.setdefault(kind, ([], set()))[0].append(path)
     io = _IOModule("comfy_api.latest.io")
     io.ComfyNode = type("ComfyNode", (), {})
     io.Schema = lambda **kw: SimpleNamespace(**kw)
@@ -330,6 +331,15 @@ def _comfy(h: int, w: int, c: int = 3, b: int = 1, seed: int = 0) -> torch.Tenso
     """A ComfyUI IMAGE: ``[B, H, W, C]`` float in [0, 1]."""
     rgb = torch.stack([torch.from_numpy(bi.base_rgb(h, w, seed + k)) for k in range(b)]).float() / 255.0
     return rgb if c == 3 else rgb[..., :1].repeat(1, 1, 1, c)
+
+
+def test_the_shipped_upscalers_are_in_comfyuis_upscale_models_paths(nodes):
+    """Load Upscale Model lists the tuned upscaler the repository ships, with no copying."""
+    import folder_paths
+
+    paths = folder_paths.folder_names_and_paths["upscale_models"][0]
+    shipped = nodes.SHIPPED_UPSCALERS / "realesr-animevideov3-x4-finpercep"
+    assert str(shipped) in paths and (shipped / "realesr-animevideov3-x4-finpercep.safetensors").is_file()
 
 
 def test_comfy_score_node_odd_but_valid_images(nodes, handle):
