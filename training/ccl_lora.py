@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from diffusers_ext.policies import POLICY_KINDS
 from diffusers_ext.rewards import compute_reward, refl_loss
+from training.distributed import end_run
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
 from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,
                                     save_checkpoint)
@@ -513,8 +514,7 @@ def main(argv: Optional[list[str]] = None,
         (args.output_dir / "result.json").write_text(json.dumps(result, indent=1))
         if args.push_to_hub:
             result["pushed"] = push_folder(lora_dir, args.hub_model_id, private=args.hub_private)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    end_run(accelerator)
     return result
 
 

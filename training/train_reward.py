@@ -39,6 +39,7 @@ from torch import nn
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.checkpointing import atomic_save_model, list_checkpoints, save_checkpoint  # noqa: F401
+from training.distributed import end_run
 from training.data.families import parse_families
 from training.data.fgr_dataset import FGRDataset, collate, step_batches
 from training.metrics import evaluate_stage
@@ -421,7 +422,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         if args.push_to_hub:
             result["pushed"] = push_model(args.output_dir / "model", repo_id, args)
         (args.output_dir / "result.json").write_text(json.dumps(result, indent=2))
-    accelerator.end_training()
+    end_run(accelerator)
     return result
 
 
