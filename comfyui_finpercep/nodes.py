@@ -195,9 +195,8 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
     pipe = handle.load()
     model = pipe.reward_model
     b, h, w, _ = image.shape
-    request = ScoreRequest(None if stage < 0 else stage, None if tile_size < 0 else tile_size,
-                           None if tile_overlap < 0 else tile_overlap)  # -1 = the model's own value
     try:
+        request = ScoreRequest.parse(stage, tile_size, tile_overlap)  # -1 = the model's own value
         plan = resolve(model, request)
         check_image_size(w, h, int(model.config.min_size), "IMAGE")
     except RequestError as e:

@@ -26,6 +26,8 @@ import numpy as np
 
 
 COMMANDS_GROUP = "finpercep.commands"
+#: ``finpercep score``'s flag of each request option (error messages name the flag the user typed).
+_FLAGS = {"stage": "--stage", "tile_size": "--tile", "tile_overlap": "--tile-overlap"}
 
 
 def _plugin_commands() -> dict[str, list]:
@@ -107,7 +109,7 @@ def score_command(args: argparse.Namespace) -> int:
         request = ScoreRequest.parse(args.stage, args.tile, args.tile_overlap)
         resolve(pipe.reward_model, request)  # bad options fail once, before any image
     except RequestError as e:
-        print(f"finpercep: --{e.option.replace('_', '-').replace('tile-size', 'tile')}: {e}", file=sys.stderr)
+        print(f"finpercep: {_FLAGS[e.option]}: {e}", file=sys.stderr)
         return 2
     model = pipe.reward_model
     pdm_dir = Path(args.pdm_dir) if args.pdm_dir else None

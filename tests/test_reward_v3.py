@@ -228,6 +228,24 @@ def test_family_metrics_separate_an_oracle_from_a_blind_model(img):
     assert sm["n_families"] == 2 and sm["min_auroc"] > 0.9
 
 
+def test_smoothed_scorer_is_deterministic_averages_noisy_copies_and_reduces_to_the_plain_one():
+    from fixture_models import make_detector_model, smooth_photo
+    from training.evaluate_generalization import Scorer
+
+    model = make_detector_model().eval()  # its map and score follow high-frequency energy, so noise moves them
+    x = torch.from_numpy(smooth_photo(48)).permute(2, 0, 1)[None].repeat(2, 1, 1, 1).contiguous()
+    x[1] = x[1].flip(-1)
+    plain = Scorer(model).raw(x)
+    smooth = Scorer(model, smoothing=(3, 8 / 255))
+    a, b = smooth.raw(x), smooth.raw(x)
+    torch.testing.assert_close(a, b)  # common random numbers: the same draws on every call
+    assert not torch.allclose(a, plain)
+    noise = torch.randn((3, 3, 48, 48), generator=torch.Generator().manual_seed(1234))
+    by_hand = torch.stack([model((x + 8 / 255 * noise[j]).clamp(0, 1)).raw_score for j in range(3)]).mean(0)
+    torch.testing.assert_close(a, by_hand)
+    torch.testing.assert_close(Scorer(model, smoothing=(2, 0.0)).raw(x), plain)
+
+
 def test_refl_margin_defaults_to_the_reward_of_a_clean_photo():
     from diffusers_ext.rewards import RewardConfig
     from training.ccl_lora import clean_reward_margin
