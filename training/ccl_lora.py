@@ -9,11 +9,15 @@ Per step: LR batch (HR photo crops degraded on the fly) -> policy (LoRA only tra
 frozen FinPercep-RM at the current CCL stage k -> ``R_k = λ1·S_global + λ2·(1 - softmax_k(M_pdm))`` ->
 ReFL loss (``relu(-R + c)·grad_scale`` or ``-R·grad_scale``) + optional fidelity term -> LoRA update.
 The CCL schedule (``--ccl_config``, JSON or YAML) lists the stages: reward-model stage, λ1, λ2 and a
-step count or an automatic switch when the reward's moving average plateaus.
+step count or an automatic switch when the reward's moving average plateaus. A ``coevolve`` block
+in the schedule (off when absent) makes the reward co-evolve: every K steps the policy's own outputs
+become FGR items and the active reward stage is fine-tuned on them inside guard rails
+(training/ccl/coevolve.py); the adapted reward model goes into each checkpoint and ``lora/reward_model/``.
 
 Outputs in ``--output_dir``: ``checkpoints/checkpoint-<step>`` (atomic; ``--resume_from_checkpoint
 latest``), ``lora/`` (the diffusers LoRA folder + model card, atomic), ``monitor.jsonl`` /
-``monitor.png`` (reward-hacking monitor), ``train_log.jsonl``, ``result.json``, TensorBoard logs.
+``monitor.png`` (reward-hacking monitor), ``train_log.jsonl``, ``result.json``, TensorBoard logs,
+and with a co-evolving reward ``coevolve.jsonl`` (every update and its guard figures).
 
 The same command is installed as ``finpercep-train-lora`` (training/cli.py). BRISQUE in the monitor
 is optional (``--brisque auto``, the default): without its model files (Debian ``opencv-doc``, or
@@ -39,6 +43,7 @@ import torch.nn.functional as F
 from diffusers_ext.policies import POLICY_KINDS
 from diffusers_ext.rewards import compute_reward, refl_loss
 from training.distributed import end_run
+from training.ccl.coevolve import REWARD_WEIGHTS
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
 from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,
                                     save_checkpoint)
@@ -336,6 +341,14 @@ def main(argv: Optional[list[str]] = None,
     val_lr, val_hr = SRPairSampler(val_photos, args.hr_size, policy.scale, args.degradation,
                                    seed=args.seed + 1).fixed_batch(args.validation_images)
 
+    coevolver = None
+    if schedule.coevolve is not None:
+        from training.ccl.coevolve import RewardCoevolver
+
+        coevolver = RewardCoevolver(rm, schedule.coevolve, train_photos, args.hr_size, policy.scale,
+                                    args.degradation, args.seed)
+        logger.info("co-evolving reward: %s", json.dumps(schedule.coevolve.to_dict()))
+
     policy_ddp, optimizer = accelerator.prepare(policy, optimizer)
 
     def save_hook(models, weights, output_dir):
@@ -344,6 +357,10 @@ def main(argv: Optional[list[str]] = None,
         if accelerator.is_main_process:
             save_file(policy.trainable_state_dict(), os.path.join(output_dir, POLICY_WEIGHTS))
             os.chmod(os.path.join(output_dir, POLICY_WEIGHTS), 0o644)  # safetensors writes 0600
+            if coevolver is not None:  # the adapted reward model: a resumed run goes on from it
+                save_file({k: v.contiguous() for k, v in rm.state_dict().items()},
+                          os.path.join(output_dir, REWARD_WEIGHTS))
+                os.chmod(os.path.join(output_dir, REWARD_WEIGHTS), 0o644)
         while weights:
             weights.pop()
 
@@ -351,6 +368,12 @@ def main(argv: Optional[list[str]] = None,
         from safetensors.torch import load_file
 
         policy.load_trainable_state_dict(load_file(os.path.join(input_dir, POLICY_WEIGHTS)))
+        if coevolver is not None:
+            path = os.path.join(input_dir, REWARD_WEIGHTS)
+            if not os.path.isfile(path):
+                raise SystemExit(f"{input_dir} has no {REWARD_WEIGHTS}: it was written by a run without the "
+                                 "co-evolving reward; resume it with its own schedule, or start a new --output_dir")
+            rm.load_state_dict(load_file(path, device=str(device)))
         while models:
             models.pop()
 
@@ -381,6 +404,8 @@ def main(argv: Optional[list[str]] = None,
         state = read_checkpoint_json(resume, TRAINER_STATE)
         tracker.load_state_dict(state["tracker"])
         train_log = state.get("train_log", [])
+        if coevolver is not None:
+            coevolver.load_state_dict(state.get("coevolve", {}))
         if accelerator.is_main_process:
             monitor.history = state.get("monitor", [])
         logger.info("resumed from %s at step %d, CCL stage %s", resume, start_step, tracker.stage.label(tracker.index))
@@ -401,7 +426,8 @@ def main(argv: Optional[list[str]] = None,
 
     def trainer_state() -> dict[str, Any]:
         return {"tracker": tracker.state_dict(), "train_log": train_log,
-                "monitor": monitor.history if accelerator.is_main_process else [], "args": jsonable_args(args)}
+                "monitor": monitor.history if accelerator.is_main_process else [], "args": jsonable_args(args),
+                **({"coevolve": coevolver.state_dict()} if coevolver is not None else {})}
 
     if start_step == 0:
         evaluate(0)
@@ -455,6 +481,11 @@ def main(argv: Optional[list[str]] = None,
             logger.info("CCL switch at step %d: stage %d (RM_%d) -> %d (RM_%d), reason %s", done, event["from"],
                         event["from_rm_stage"], event["to"], event["to_rm_stage"], event["reason"])
             accelerator.log({"ccl/switch_to_rm_stage": event["to_rm_stage"]}, step=done)
+        if coevolver is not None and coevolver.due(done) and done < args.max_train_steps:
+            crec = coevolver.update(policy, done, tracker.stage.rm_stage)
+            sync_reward_model(accelerator, rm)
+            accelerator.log({f"coevolve/{k}": float(v) for k, v in crec.items()
+                             if isinstance(v, (int, float, bool)) and k != "step"}, step=done)
         if args.validation_steps and done % args.validation_steps == 0 and done < args.max_train_steps:
             evaluate(done)
         if done % args.checkpointing_steps == 0 and done < args.max_train_steps:
@@ -498,12 +529,17 @@ def main(argv: Optional[list[str]] = None,
                                                          {"finpercep_run": command_line(args)}))
             except UpscalerFormatError as e:
                 logger.warning("no merged upscaler file for ComfyUI: %s", e)
+        files = {"ccl_schedule.json": schedule.to_dict(), "final_metrics.json": final,
+                 "ccl_switches.json": tracker.switches, "ccl_stages_reached.json": stages}
+        if coevolver is not None:
+            result["coevolve"] = coevolver.summary()
+            files["coevolve.json"] = coevolver.history
+            extra.append(lambda tmp: rm.save_pretrained(tmp / "reward_model"))
+            _write_jsonl(args.output_dir / "coevolve.jsonl", coevolver.history)
         card = model_card(args.policy, info, schedule.to_dict(), {k: v for k, v in final.items() if k != "step"},
                           command_line(args), args.hub_model_id, jsonable_args(args), stages=stages,
-                          judge=judge_name, upscaler_file=upscaler)
-        lora_dir = write_lora_folder(args.output_dir / "lora", policy, card, {
-            "ccl_schedule.json": schedule.to_dict(), "final_metrics.json": final, "ccl_switches.json": tracker.switches,
-            "ccl_stages_reached.json": stages}, extra=extra)
+                          judge=judge_name, upscaler_file=upscaler, coevolve=result.get("coevolve"))
+        lora_dir = write_lora_folder(args.output_dir / "lora", policy, card, files, extra=extra)
         result["lora_dir"] = str(lora_dir)
         if upscaler:
             result["upscaler"] = str(lora_dir / upscaler)
@@ -540,6 +576,16 @@ def independent_judge(args: argparse.Namespace) -> Optional[str]:
                        "columns are left out", args.judge_model)
         return None
     return args.judge_model
+
+
+def sync_reward_model(accelerator: Any, rm: torch.nn.Module) -> None:
+    """Give every process the main process's reward model after a co-evolution update (each computes
+    the same update from the same data; this removes any non-deterministic kernel's drift)."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        flat = torch.nn.utils.parameters_to_vector(rm.parameters()).detach().contiguous()
+        torch.nn.utils.vector_to_parameters(broadcast(flat, from_process=0), rm.parameters())
 
 
 def check_sharding(accelerator: Any) -> None:

@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -130,6 +130,18 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.learning_rate is None:
         args.learning_rate = 3e-4 if args.stage == 0 else 1e-3
     args.exclude = parse_families(args.exclude_families)
+    return args
+
+
+def loss_settings(stage: int, **overrides: Any) -> argparse.Namespace:
+    """The settings :func:`stage_loss` reads, with this script's defaults at ``stage`` and
+    ``overrides`` (for code that reuses the stage objective outside this trainer, e.g. the
+    co-evolving reward of training/ccl/coevolve.py)."""
+    args = parse_args(["--data", ".", "--stage", str(stage), "--init", ".", "--output_dir", "."])
+    for key, value in overrides.items():
+        if not hasattr(args, key):
+            raise ValueError(f"stage_loss has no setting {key!r}")
+        setattr(args, key, value)
     return args
 
 

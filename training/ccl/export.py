@@ -108,11 +108,11 @@ def _judge_text(judge: Optional[str], metrics: dict[str, Any]) -> str:
 def model_card(policy_kind: str, info: dict[str, Any], schedule: dict[str, Any], metrics: dict[str, Any],
                command: str, repo: Optional[str], extra_args: dict[str, Any],
                stages: Optional[Sequence[dict[str, Any]]] = None, judge: Optional[str] = None,
-               upscaler_file: Optional[str] = None) -> str:
+               upscaler_file: Optional[str] = None, coevolve: Optional[dict[str, Any]] = None) -> str:
     """README.md with YAML front matter (``base_model``, ``library_name``, tags) and the run's
     schedule, the curriculum stages it reached (``stages``: :func:`stages_reached`), final metrics
     (with or without an independent ``judge``), the merged ``upscaler_file`` of a feed-forward
-    policy, and the command."""
+    policy, the co-evolving reward's summary (``coevolve``), and the command."""
     base = info.get("base_model")
     library = "peft" if policy_kind == "feedforward" else "diffusers"
     tags = ["lora", "super-resolution", "image-to-image", "finpercep", "refl", "ccl", f"policy-{policy_kind}"]
@@ -162,7 +162,7 @@ Base model: `{info.get("name")}`.
 
 `reward`: the last stage's reward; `psnr` (dB) / `ssim` (0-1) against HR; `brisque`: lower is better.
 {_judge_text(judge, metrics)}
-
+{_coevolve_text(coevolve)}
 ## How it was made
 
 ```
@@ -195,6 +195,15 @@ def write_lora_folder(folder: Path, policy: Any, card: str, files: dict[str, Any
         os.chmod(tmp, 0o755)
 
     return atomic_write_dir(Path(folder), write)
+
+
+def _coevolve_text(summary: Optional[dict[str, Any]]) -> str:
+    if not summary:
+        return ""
+    return (f"\n## Co-evolving reward\n\nThe reward model learned this policy's own outputs during the run "
+            f"(training/ccl/coevolve.py): {summary['updates']} updates, {summary['accepted']} kept by the guard rails. "
+            "The adapted reward model is in `reward_model/` (load it with `FinPercepRM.from_pretrained`); "
+            "`coevolve.json` lists every update.\n")
 
 
 def upscaler_name(net_name: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusers_ext.rewards import RewardConfig, SoftMaxKind
+from training.ccl.coevolve import CoevolveConfig
 
 __all__ = ["CCLSchedule", "CurriculumStage", "CurriculumTracker", "load_mapping"]
 
@@ -85,10 +86,13 @@ class CCLSchedule:
                     {"rm_stage": 5, "lambda_pdm": 1.0}]}
 
     Every stage but the last needs ``steps`` or ``plateau_window`` (else it never ends); the last
-    stage runs until the training's total step count."""
+    stage runs until the training's total step count. An optional ``coevolve`` mapping switches on
+    the co-evolving reward (:class:`training.ccl.coevolve.CoevolveConfig`): the reward model
+    learns the policy's own outputs during the run."""
 
     stages: list[CurriculumStage]
     reward: RewardConfig = field(default_factory=RewardConfig)
+    coevolve: CoevolveConfig | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | list, source: str = "schedule") -> "CCLSchedule":
@@ -96,9 +100,10 @@ class CCLSchedule:
             d = {"stages": d}
         if not isinstance(d, dict) or not isinstance(d.get("stages"), list) or not d["stages"]:
             raise ValueError(f"{source}: a CCL schedule needs a non-empty 'stages' list")
-        unknown_top = set(d) - {"stages", "reward", "description"}
+        unknown_top = set(d) - {"stages", "reward", "description", "coevolve"}
         if unknown_top:
-            raise ValueError(f"{source}: unknown top-level keys {sorted(unknown_top)}; allowed: stages, reward, description")
+            raise ValueError(f"{source}: unknown top-level keys {sorted(unknown_top)}; "
+                             f"allowed: stages, reward, coevolve, description")
         rew = d.get("reward") or {}
         bad = set(rew) - _REWARD_FIELDS
         if bad:
@@ -111,7 +116,8 @@ class CCLSchedule:
             if bad:
                 raise ValueError(f"{source}: stage {i} has unknown keys {sorted(bad)}; allowed: {sorted(_STAGE_FIELDS)}")
             stages.append(CurriculumStage(**st))
-        sched = cls(stages=stages, reward=RewardConfig(**rew))
+        coevolve = None if d.get("coevolve") is None else CoevolveConfig.from_dict(d["coevolve"], source)
+        sched = cls(stages=stages, reward=RewardConfig(**rew), coevolve=coevolve)
         sched.validate(source=source)
         return sched
 
@@ -121,9 +127,12 @@ class CCLSchedule:
         return cls.from_dict(load_mapping(path, "CCL schedule file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"reward": {k: getattr(self.reward, k) for k in sorted(_REWARD_FIELDS)},
-                "stages": [{k: v for k, v in s.to_dict().items() if v not in (None, {}) and not (k == "min_steps" and v == 0)}
-                           for s in self.stages]}
+        out = {"reward": {k: getattr(self.reward, k) for k in sorted(_REWARD_FIELDS)},
+               "stages": [{k: v for k, v in s.to_dict().items() if v not in (None, {}) and not (k == "min_steps" and v == 0)}
+                          for s in self.stages]}
+        if self.coevolve is not None:
+            out["coevolve"] = self.coevolve.to_dict()
+        return out
 
     def validate(self, num_rm_stages: int | None = None, source: str = "schedule") -> None:
         for i, st in enumerate(self.stages):

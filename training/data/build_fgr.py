@@ -132,7 +132,6 @@ def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.ran
     masked region of it into the clean photo. ``v2``: the earlier recipe (SR output, the pool's own
     artifact members), kept to reproduce older datasets."""
     from .families import FAMILIES, garbage_image, operator
-    from .masks import sample_mask
 
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {RECIPES}")
@@ -165,11 +164,20 @@ def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.ran
         families.insert(0, net)
     if info.get("artifact"):
         families.append(info["artifact"])
+    return {**swap_region(hr, full, rng), "base": base, "families": sorted(set(families)), **info}
+
+
+def swap_region(hr: np.ndarray, full: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    """The region swap of every FGR item (PAPER.md §2): a random mask ``M`` and ``I_syn = M * I_sr +
+    (1 - M) * I_gt``; returns ``gt``, ``sr``, ``syn``, ``mask`` (float32) and ``mask_kind``. The
+    co-evolving reward (training/ccl/coevolve.py) makes its items from policy outputs with it."""
+    from .masks import sample_mask
+
     mask, mask_kind = sample_mask(hr, rng)
     m = mask[..., None]
     syn = (m * full + (1 - m) * hr).astype(np.float32)
     return {"gt": hr, "sr": full.astype(np.float32), "syn": syn, "mask": mask.astype(np.float32),
-            "mask_kind": mask_kind, "base": base, "families": sorted(set(families)), **info}
+            "mask_kind": mask_kind}
 
 
 def _save_png(arr: np.ndarray, path: Path, bits: int = 8) -> None:
