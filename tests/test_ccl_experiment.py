@@ -85,3 +85,36 @@ def test_rerun_resumes_finished_runs(run):
     again = experiment.main(argv)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp  # nothing retrained
     assert again["mean_over_seeds"]["ccl"]["psnr"]["mean"] == pytest.approx(res["mean_over_seeds"]["ccl"]["psnr"]["mean"])
+
+
+def test_the_coevolving_arm_is_the_curriculum_plus_the_coevolve_block():
+    sch = experiment.schedules(5, 300, {"data": "data/fgr_v3", "every": 50})
+    assert sch["coevo"]["stages"] == sch["ccl"]["stages"] and sch["coevo"]["coevolve"]["every"] == 50
+    assert "coevo" not in experiment.schedules(5, 300)
+    from training.ccl.schedule import CCLSchedule
+
+    assert CCLSchedule.from_dict(sch["coevo"]).coevolve.every == 50
+
+
+def test_the_hacking_benchmark_reads_the_experiment(run, tmp_path):
+    from training.ccl import hacking
+
+    root, _, res, _ = run
+    text = hacking.main([str(root / "out")])
+    saved = json.loads((root / "out" / "results.json").read_text())
+    rows = saved["per_seed"]["0"]["rows"]
+    excess = rows["ccl"]["reward_final"] - rows["hr (reference)"]["reward_final"]
+    d_psnr = [r["rows"]["ccl"]["psnr"] - r["rows"]["base"]["psnr"] for r in saved["per_seed"].values()]
+    line = next(x for x in text.splitlines() if "| ccl |" in x)
+    assert f"{np.mean(d_psnr):+.3f}" in line
+    assert hacking.arm_rows(saved)["ccl"]["reward_excess"][0] == pytest.approx(excess)
+    # an arm whose reward ends above HR's while PSNR falls more than 1 dB counts as hacked
+    fake = json.loads(json.dumps(saved))
+    for r in fake["per_seed"].values():
+        r["rows"]["ccl"]["reward_final"] = r["rows"]["hr (reference)"]["reward_final"] + 0.1
+        r["rows"]["ccl"]["psnr"] = r["rows"]["base"]["psnr"] - 3.0
+    (tmp_path / "results.json").write_text(json.dumps(fake))
+    assert hacking.arm_rows(fake)["ccl"]["hacked"] == len(fake["per_seed"])
+    assert f"| {len(fake['per_seed'])}/{len(fake['per_seed'])} |" in hacking.table([tmp_path])
+    with pytest.raises(FileNotFoundError, match="training.ccl.experiment"):
+        hacking.table([tmp_path / "missing"])

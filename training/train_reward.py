@@ -103,6 +103,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="garbage images (noise, flat, stripes, blocks) score below I_sr and are flagged")
     g.add_argument("--garbage_fraction", type=float, default=0.25, help="garbage images per triplet")
     g.add_argument("--margin_garbage", type=float, default=0.3, help="S_sr - S_garbage >= this")
+    g.add_argument("--train_start", type=int, default=0,
+                   help="use only the train items with index >= this (with --train_limit: a range; a judge "
+                        "trained on a range disjoint from the reward model's saw other triplets)")
     g.add_argument("--train_limit", type=int, default=None,
                    help="use only the train items with index < this (a fixed subset of a larger dataset)")
     g.add_argument("--exclude_families", default="",
@@ -336,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     set_seed(args.seed)
     model = build_model(args)
     train_set = FGRDataset(args.data, "train", crop=args.crop, augment=True, exclude_families=args.exclude,
-                           limit_index=args.train_limit)
+                           limit_index=args.train_limit, start_index=args.train_start)
     val_split = "val"
     try:
         val_set = FGRDataset(args.data, val_split, limit=args.validation_items, exclude_families=args.exclude)

@@ -1,4 +1,4 @@
-"""The three-arm experiment of issue 3 §4, one command, on the CPU:
+"""The CCL experiment (issue 3 §4, issue 13 §2), one command, on the CPU:
 
     python -m training.ccl.experiment --out runs/ccl_experiment --seeds 0,1,2   # bundled reward model
 
@@ -6,16 +6,21 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
   global  the global reward only (RM_0, λ2 = 0) for all steps
   full    the full fine-grained reward (RM_N, λ2 = 1) from the first step, no curriculum
   ccl     CCL: RM_0 for a quarter of the steps, then RM_ceil(N/2) (λ2 .5), RM_N-1 (λ2 .75), RM_N (λ2 1)
+  coevo   ccl + the co-evolving reward (training/ccl/coevolve.py): every --coevolve_every steps the
+          active reward stage learns the policy's own outputs (replay with --coevolve_data)
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
 *test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE (NaN
 without Debian opencv-doc's model files), and
-the score and flagged-pixel share of a *judge*: a second reward model trained by the
-same recipe with another seed on its own FGR data (``--judge_model``; trained first with
-``python -m training.train_default --seed 1`` into ``runs/judge_rm`` when missing). Every arm runs
+the score and flagged-pixel share of a *judge*: a second reward model of another backbone
+(EfficientNet-Lite1) trained on other triplets (FGR-20k items 7,000-19,999; the bundled model saw
+items 0-6,999) with another seed (``--judge_model``; trained first into ``runs/judge_lite1`` when
+missing, see :func:`ensure_judge`). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
 ``results.json``, ``results.md`` (mean and range over seeds), ``examples.png`` (first seed),
-``curves.png`` (validation curves of every arm) and each run's ``monitor.png`` under ``--out``.
+``curves.png`` (validation curves of every arm), ``hacking.md`` (the reward-hacking benchmark,
+training/ccl/hacking.py) and each run's ``monitor.png`` under ``--out``. Every arm is scored by the
+reward model the runs started from (the co-evolving arm's adapted model is not its own judge).
 Rerunning resumes unfinished runs.
 """
 from __future__ import annotations
@@ -32,12 +37,17 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_JUDGE = ROOT / "runs" / "judge_rm" / "export"
+DEFAULT_JUDGE = ROOT / "runs" / "judge_lite1" / "export"
+# the judge recipe: another backbone, other triplets of the same FGR-20k build, another seed
+JUDGE_RECIPE = ["--seed", "1", "--train_items", "20000", "--train_arg=--train_start=7000",
+                "--train_arg=--backbone=efficientnet_lite1", "--steps", "900,120,120,150,150,200"]
 
 
-def schedules(n: int, steps: int) -> dict[str, dict]:
+def schedules(n: int, steps: int, coevolve: dict | None = None) -> dict[str, dict]:
+    """The schedule of every arm for a reward model with stages 0..``n``; ``coevolve`` is the
+    co-evolving arm's ``coevolve`` block (that arm is left out without one)."""
     q = max(1, steps // 4)
-    return {
+    out = {
         "global": {"stages": [{"name": "global", "rm_stage": 0, "lambda_global": 1.0, "lambda_pdm": 0.0}]},
         "full": {"stages": [{"name": "full", "rm_stage": n, "lambda_global": 1.0, "lambda_pdm": 1.0}]},
         "ccl": {"stages": [
@@ -46,6 +56,9 @@ def schedules(n: int, steps: int) -> dict[str, dict]:
             {"name": "medium", "rm_stage": max(1, n - 1), "lambda_global": 1.0, "lambda_pdm": 0.75, "steps": q},
             {"name": "fine", "rm_stage": n, "lambda_global": 1.0, "lambda_pdm": 1.0}]},
     }
+    if coevolve is not None:
+        out["coevo"] = {"stages": out["ccl"]["stages"], "coevolve": dict(coevolve)}
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="independent judge reward model; the default one is trained first when missing "
                         "('same' = the reward model itself, not independent)")
     p.add_argument("--judge_stage", type=int, default=None, help="default: the finest stage")
-    p.add_argument("--arms", default="global,full,ccl")
+    p.add_argument("--arms", default="global,full,ccl,coevo")
+    p.add_argument("--coevolve_data", type=Path, default=ROOT / "data" / "fgr_v3",
+                   help="coevo arm: FGR dataset of the replay items and the guard")
+    p.add_argument("--coevolve_every", type=int, default=50, help="coevo arm: policy steps between reward updates")
+    p.add_argument("--coevolve_update", choices=["score", "heads", "level"], default="heads",
+                   help="coevo arm: what an update changes (training/ccl/coevolve.py)")
+    p.add_argument("--coevolve_steps", type=int, default=10, help="coevo arm: optimizer steps per reward update")
     p.add_argument("--net", default="realesr-animevideov3-x4")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=4)
@@ -81,15 +100,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def ensure_judge(args: argparse.Namespace) -> None:
-    """Train the default independent judge (seed 1, own FGR data) when it is missing."""
+    """Train the default independent judge (:data:`JUDGE_RECIPE`) when it is missing."""
     if args.judge_model is None or Path(args.judge_model) != DEFAULT_JUDGE or DEFAULT_JUDGE.is_dir():
         return
-    print(f"training the independent judge into {DEFAULT_JUDGE.parent} (python -m training.train_default --seed 1)",
-          file=sys.stderr)
     runs = DEFAULT_JUDGE.parent
-    subprocess.run([sys.executable, "-m", "training.train_default", "--seed", "1", "--data", str(ROOT / "data" / "fgr_seed1"),
-                    "--runs", str(runs), "--export", str(DEFAULT_JUDGE), "--results", str(runs / "results")],
-                   check=True, cwd=str(ROOT))
+    cmd = [sys.executable, "-m", "training.train_default", *JUDGE_RECIPE, "--data", str(ROOT / "data" / "fgr_v3"),
+           "--runs", str(runs), "--export", str(DEFAULT_JUDGE), "--results", str(runs / "results")]
+    print(f"training the independent judge into {runs}: {' '.join(cmd[1:])}", file=sys.stderr)
+    subprocess.run(cmd, check=True, cwd=str(ROOT))
 
 
 def run_dir(args: argparse.Namespace, arm: str, seed: int) -> Path:
@@ -217,7 +235,7 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
     """Validation curves of every arm and seed in one PNG, from their ``monitor.jsonl``."""
     from training.ccl.monitor import plot_curves
 
-    base = {"global": (31, 119, 180), "full": (214, 39, 40), "ccl": (44, 160, 44)}
+    base = {"global": (31, 119, 180), "full": (214, 39, 40), "ccl": (44, 160, 44), "coevo": (148, 103, 189)}
     runs, colors = {}, {}
     for arm in arms:
         for i, seed in enumerate(args.seed_list):
@@ -242,7 +260,9 @@ def main(argv=None) -> dict:
     ensure_judge(args)
     n = load_reward_model(args.reward_model, torch.device("cpu")).num_stages
     arms = [a for a in args.arms.split(",") if a]
-    sch = schedules(n, args.steps)
+    coevolve = ({"data": str(args.coevolve_data), "every": args.coevolve_every, "update": args.coevolve_update,
+                 "steps": args.coevolve_steps} if "coevo" in arms else None)
+    sch = schedules(n, args.steps, coevolve)
     seconds = {f"{arm}/seed{seed}": run_arm(arm, sch[arm], args, seed) for seed in args.seed_list for arm in arms}
     per_seed = evaluate(args, arms, n)
     agg = aggregate(per_seed)
@@ -256,6 +276,9 @@ def main(argv=None) -> dict:
     table = format_results(agg, len(args.seed_list))
     (args.out / "results.md").write_text(table)
     plot_arm_curves(args, arms, args.out / "curves.png")
+    from training.ccl.hacking import table as hacking_table
+
+    (args.out / "hacking.md").write_text(hacking_table([args.out]))
     print(table)
     return res
 

@@ -17,14 +17,15 @@ class FGRDataset(Dataset):
     """Items of one split as tensors: ``gt``, ``sr``, ``syn`` (3xHxW), ``mask``, ``mgt`` (1xHxW).
 
     ``exclude_families`` drops items containing any of those families; ``limit_index`` keeps the
-    items with index below it (a fixed subset); ``limit`` keeps the first ``limit`` items.
+    items with index below it and ``start_index`` those at or above it (a fixed subset: two models
+    trained on disjoint ranges saw different triplets); ``limit`` keeps the first ``limit`` items.
 
     ``__getitem__`` takes an index, or ``(index, seed)`` to draw a random crop / flip / rotation
     from that seed (so a batch is a pure function of the step: exact resume)."""
 
     def __init__(self, root: str | Path, split: str, crop: Optional[int] = None, augment: bool = False,
                  limit: Optional[int] = None, exclude_families: Sequence[str] = (),
-                 limit_index: Optional[int] = None) -> None:
+                 limit_index: Optional[int] = None, start_index: int = 0) -> None:
         self.root = Path(root)
         meta_path = self.root / "dataset.json"
         if not meta_path.is_file():
@@ -34,7 +35,8 @@ class FGRDataset(Dataset):
         excluded = set(exclude_families)
         self.records = sorted((r for r in read_manifest(self.root).values()
                                if r["split"] == split and not (families_of(r) & excluded)
-                               and (limit_index is None or r["index"] < limit_index)), key=lambda r: r["index"])
+                               and (limit_index is None or r["index"] < limit_index)
+                               and r["index"] >= start_index), key=lambda r: r["index"])
         if limit is not None:
             self.records = self.records[:limit]
         if not self.records:
