@@ -252,3 +252,25 @@ def test_refl_margin_defaults_to_the_reward_of_a_clean_photo():
 
     assert clean_reward_margin(RewardConfig(lambda_global=1.0, lambda_pdm=0.0)) == pytest.approx(0.9)
     assert clean_reward_margin(RewardConfig(lambda_global=1.0, lambda_pdm=0.5)) == pytest.approx(1.4)
+
+
+def test_ranking_asks_faint_changes_for_little_and_visible_ones_for_the_full_margin():
+    from training.data.gt_maps import GTMapConfig, SSIMDistance, gt_map
+    from training.train_reward import perceptibility, ranking_loss
+
+    rng = np.random.default_rng(0)
+    hr = np.clip(rng.random((48, 48, 3)).astype(np.float32) * 0.2 + 0.4, 0, 1)
+    mask = np.zeros((48, 48), np.float32)
+    mask[8:40, 8:40] = 1.0
+    cfg = GTMapConfig(pixel_scale=0.1, feature_scale=0.3)
+    maps = []
+    for sigma in (0.5, 2.0, 16.0):  # in 1/255: invisible, faint, plainly visible
+        noisy = np.clip(hr + rng.standard_normal(hr.shape).astype(np.float32) * sigma / 255, 0, 1)
+        maps.append(gt_map(noisy, hr, mask, SSIMDistance(), cfg))
+    mgt = torch.from_numpy(np.stack(maps))[:, None]
+    w = perceptibility(mgt, torch.from_numpy(mask)[None, None].expand_as(mgt), floor=0.1)
+    assert 0.0 <= float(w[0]) < float(w[1]) < float(w[2]) == 1.0 and float(w[0]) < 0.3
+    # a triplet the score does not separate at all costs the full hinge times its weight
+    s = torch.zeros(3)
+    assert float(ranking_loss(s, s, s, 0.1, 0.1, w)) == pytest.approx(float(0.2 * w.mean()))
+    assert float(ranking_loss(s, s, s, 0.1, 0.1)) == pytest.approx(0.2)

@@ -177,7 +177,7 @@ class RewardCoevolver:
         n_fresh = max(1, int(round(bs * (1.0 - self.cfg.replay))))
         pick = rng.integers(0, fresh["gt"].shape[0], size=n_fresh)
         flips, rots = rng.random(n_fresh) < 0.5, rng.integers(0, 4, size=n_fresh)
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("gt", "sr", "syn", "mgt")}
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("gt", "sr", "syn", "mask", "mgt")}
         for j, f, r in zip(pick, flips, rots):
             for k in rows:
                 a = fresh[k][int(j)]
