@@ -173,3 +173,19 @@ def test_resuming_a_run_without_coevolution_under_a_coevolving_schedule_is_refus
     assert (out / "checkpoints" / "checkpoint-2").is_dir()
     with pytest.raises(SystemExit, match="without the co-evolving reward"):
         ccl_lora.main(run_args(assets, out, steps=4) + ["--resume_from_checkpoint", "latest"])
+
+
+def test_the_one_step_diffusion_policy_runs_the_coevolving_schedule(assets, tmp_path):
+    from tiny_sd import save_tiny_sd
+
+    sd = save_tiny_sd(tmp_path / "tiny-sd", "onestep")
+    out = tmp_path / "onestep"
+    args = run_args(assets, out, steps=3) + ["--policy", "onestep", "--pretrained_model", str(sd), "--lora_rank", "4",
+                                             "--validation_images", "1"]
+    i = args.index("--checkpointing_steps") + 1
+    args[i] = "100"
+    before = snapshot(FinPercepRM.from_pretrained(str(assets / "rm")))
+    res = ccl_lora.main(args)
+    assert res["coevolve"]["updates"] == 1 and res["coevolve"]["accepted"] == 1  # at step 2 of 3
+    assert changed(before, snapshot(FinPercepRM.from_pretrained(str(out / "lora" / "reward_model"))))
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
