@@ -58,9 +58,9 @@ class CoevolveConfig:
     learning_rate: float = 3e-4
     update: str = "heads"
     max_update: float = 0.05
-    max_drop: float = 0.02
+    max_drop: float = 0.03
     hr_band: float = 0.1
-    val_items: int = 32
+    val_items: int = 64
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> "CoevolveConfig":
