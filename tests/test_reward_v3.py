@@ -274,3 +274,20 @@ def test_ranking_asks_faint_changes_for_little_and_visible_ones_for_the_full_mar
     s = torch.zeros(3)
     assert float(ranking_loss(s, s, s, 0.1, 0.1, w)) == pytest.approx(float(0.2 * w.mean()))
     assert float(ranking_loss(s, s, s, 0.1, 0.1)) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("argv,seed", [([], 0), (["--seed", "1"], 1), (["--seed", "1", "--data_seed", "0"], 0)])
+def test_train_default_builds_its_data_with_the_data_seed(monkeypatch, tmp_path, argv, seed):
+    """A second model (e.g. the experiment's judge) trains another seed on an existing dataset."""
+    from training import train_default
+
+    seen = {}
+
+    def fake_build(out, counts, hr_size, seed, **kw):
+        seen["seed"] = seed
+        raise RuntimeError("stop after the build call")
+
+    monkeypatch.setattr(train_default, "build", fake_build)
+    with pytest.raises(RuntimeError, match="stop after"):
+        train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"), *argv])
+    assert seen["seed"] == seed

@@ -66,7 +66,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training (and of the data, unless --data_seed)")
+    p.add_argument("--data_seed", type=int, default=None,
+                   help="seed the FGR data is built with (default: --seed); e.g. --seed 1 --data_seed 0 trains "
+                        "another seed on an existing seed-0 dataset")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="where the test figures (default_model.json / .md) go")
     p.add_argument("--skip_export", action="store_true")
@@ -121,10 +124,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     t0 = time.time()
     counts = {"train": args.train_items, "val": args.val_items, "test": args.test_items}
+    data_seed = args.seed if args.data_seed is None else args.data_seed
     if args.shard is not None:  # one data shard only (run one process per shard, then without --shard)
-        build(args.data, counts, hr_size=args.hr_size, seed=args.seed, shard=parse_shard(args.shard))
+        build(args.data, counts, hr_size=args.hr_size, seed=data_seed, shard=parse_shard(args.shard))
         return 0
-    build(args.data, counts, hr_size=args.hr_size, seed=args.seed)
+    build(args.data, counts, hr_size=args.hr_size, seed=data_seed)
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:

@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_lite1" / "export"
 # the judge recipe: another backbone, other triplets of the same FGR-20k build, another seed
-JUDGE_RECIPE = ["--seed", "1", "--train_items", "20000", "--train_arg=--train_start=7000",
+JUDGE_RECIPE = ["--seed", "1", "--data_seed", "0", "--train_items", "20000", "--train_arg=--train_start=7000",
                 "--train_arg=--backbone=efficientnet_lite1", "--steps", "900,120,120,150,150,200"]
 
 
