@@ -60,3 +60,32 @@ def test_two_cpu_processes_end_with_identical_lora_and_switch_on_the_same_steps(
     # ... and both ranks switched on exactly those steps
     assert res["rank_switch_steps"] == [[1, drop, -1]] * 2, res["rank_switch_steps"]
     assert [r["rm_stage"] for r in log] == [0] + [2] * (drop - 1) + [4] * (6 - drop)
+
+
+def test_two_cpu_processes_coevolve_the_same_reward_model(tmp_path):
+    from training.data.build_fgr import build
+    from training.data.sr_pool import ClassicalSR
+
+    make_detector_model().save_pretrained(tmp_path / "rm")
+    build(tmp_path / "fgr", {"train": 4, "val": 3}, hr_size=64, seed=2, feature="ssim", pixel_scale=0.1,
+          feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    (tmp_path / "sched.json").write_text(json.dumps({
+        "stages": [{"rm_stage": 0, "steps": 1}, {"rm_stage": 3, "lambda_pdm": 1.0}],
+        "coevolve": {"data": str(tmp_path / "fgr"), "every": 2, "items": 2, "steps": 2, "batch_size": 2,
+                     "learning_rate": 1e-2, "max_update": 1.0, "max_drop": 1.0, "hr_band": 10.0, "val_items": 3}}))
+    out = tmp_path / "run"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": "29619"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29619",
+           str(ROOT / "training" / "ccl_lora.py"),
+           "--reward_model", str(tmp_path / "rm"), "--ccl_config", str(tmp_path / "sched.json"),
+           "--max_train_steps", "3", "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
+           "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", "100", "--no_brisque",
+           "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
+           "--num_threads", "1", "--output_dir", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = json.loads((out / "result.json").read_text())
+    assert res["world_size"] == 2 and res["coevolve"]["accepted"] == 1
+    assert res["reward_rank_max_abs_diff"] == 0.0 and res["rank_max_abs_diff"] == 0.0

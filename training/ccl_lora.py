@@ -503,6 +503,10 @@ def main(argv: Optional[list[str]] = None,
     flat = torch.cat([p.detach().float().flatten() for p in params]).to(device)
     gathered = accelerator.gather(flat[None])
     result["rank_max_abs_diff"] = float((gathered - gathered[:1]).abs().max())
+    if coevolver is not None:  # ... and the same co-evolved reward model
+        flat_rm = torch.nn.utils.parameters_to_vector(rm.parameters()).detach().float()
+        gathered_rm = accelerator.gather(flat_rm[None])
+        result["reward_rank_max_abs_diff"] = float((gathered_rm - gathered_rm[:1]).abs().max())
     # ... and must have switched the curriculum on the same steps (the tracker sees the all-reduced
     # reward): each rank's switch steps, one row per rank (-1: a switch that rank never made)
     own = torch.full((len(schedule.stages),), -1, dtype=torch.long)
