@@ -2,7 +2,8 @@
 
     python -m training.train_default            # data -> stage 0..N -> test figures -> diffusers_ext/default
 
-1. builds (or resumes) the FGR dataset in ``data/fgr_v3`` from the offline photo pool (recipe v3:
+1. builds (or resumes) the FGR dataset in ``data/fgr_v3`` from the offline photo pool (``--sources``:
+   the default pool unless asked; ``all`` adds the opt-in sources of training/data/photos.py; recipe v3:
    defect families on clean photos, on SR outputs and garbage; ``--train_items``, 7,000 by default),
 2. trains curriculum stages 0..N one after the other (``training/train_reward.py``, with garbage
    negatives; ``--train_arg`` passes more flags, e.g. the robustness terms), each stage starting
@@ -37,6 +38,7 @@ from training.checkpointing import atomic_write_dir  # noqa: E402
 from training.calibration import fit_calibration  # noqa: E402
 from training.data.build_fgr import build, parse_shard  # noqa: E402
 from training.data.families import parse_families  # noqa: E402
+from training.data.photos import DEFAULT_SOURCES, EXTRA_SOURCES, parse_sources  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
 from training.metrics import evaluate_stages, format_table  # noqa: E402
 
@@ -53,6 +55,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--val_items", type=int, default=300)
     p.add_argument("--test_items", type=int, default=600)
     p.add_argument("--hr_size", type=int, default=192, help="side of the HR crops of the dataset")
+    p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                   help="offline photo sources of the FGR data, comma-separated, or 'all' (adds the opt-in "
+                        "sources " + ",".join(EXTRA_SOURCES) + "; training/data/photos.py); default: %(default)s. "
+                        "An existing --data folder must have been built from the same sources")
     p.add_argument("--steps", default="400,80,80,100,120,150",
                    help="training steps of stages 0..N, comma-separated (the finest stages matter most)")
     p.add_argument("--batch_size", type=int, default=8)
@@ -73,7 +79,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="where the test figures (default_model.json / .md) go")
     p.add_argument("--skip_export", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.sources = parse_sources(args.sources)
+    except ValueError as e:
+        p.error(str(e))
+    return args
 
 
 def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int) -> str:
@@ -126,9 +137,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     counts = {"train": args.train_items, "val": args.val_items, "test": args.test_items}
     data_seed = args.seed if args.data_seed is None else args.data_seed
     if args.shard is not None:  # one data shard only (run one process per shard, then without --shard)
-        build(args.data, counts, hr_size=args.hr_size, seed=data_seed, shard=parse_shard(args.shard))
+        build(args.data, counts, hr_size=args.hr_size, seed=data_seed, shard=parse_shard(args.shard),
+              sources=args.sources)
         return 0
-    build(args.data, counts, hr_size=args.hr_size, seed=data_seed)
+    build(args.data, counts, hr_size=args.hr_size, seed=data_seed, sources=args.sources)
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:

@@ -30,7 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .gt_maps import FEATURE_DISTANCES, GTMapConfig, gt_map, raw_differences
-from .photos import SPLITS, Photo, photo_pool
+from .photos import DEFAULT_SOURCES, EXTRA_SOURCES, SPLITS, Photo, parse_sources, photo_pool
 from .sr_pool import ArtifactSR, SRMethod, default_pool, sample_method
 
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -284,8 +284,12 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
           feature: str = "efficientnet_lite0", alpha: float = 0.5, pixel_scale: Optional[float] = None,
           feature_scale: Optional[float] = None, extra_photos: tuple[str, ...] = (), calib_items: int = 32,
           pool: Optional[list] = None, progress: bool = True, recipe: str = "v3",
-          shard: tuple[int, int] = (0, 1)) -> Path:
+          shard: tuple[int, int] = (0, 1), sources: str | tuple[str, ...] = DEFAULT_SOURCES) -> Path:
     """Build (or resume) the dataset in ``out``; returns ``out``.
+
+    ``sources``: the offline photo sources (training/data/photos.py; names, ``"all"`` or a
+    comma-separated string), stored in ``dataset.json``; a folder built before the key existed
+    was built from the default pool, and a resume with other sources is refused.
 
     ``shard=(i, n)`` builds only the items whose global position is ``i`` modulo ``n`` into
     ``manifest.shard<i>-of-<n>.jsonl``: run ``n`` processes (or machines sharing the folder) with
@@ -294,7 +298,13 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
     shard_i, shard_n = shard
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "dataset.json"
-    photos = {s: photo_pool(s, extra_photos) for s in SPLITS}
+    sources = parse_sources(sources)
+    if meta_path.is_file():  # before anything slow: a resume with other sources is refused at once
+        built = parse_sources(json.loads(meta_path.read_text()).get("sources", DEFAULT_SOURCES))
+        if built != sources:
+            raise ValueError(f"{out} was built from the photo sources {','.join(built)}, not {','.join(sources)}: "
+                             f"pass --sources {','.join(built)} to resume it, or use another --out folder")
+    photos = {s: photo_pool(s, extra_photos, sources) for s in SPLITS}
     pool = pool if pool is not None else default_pool(with_artifacts=recipe == "v2")
     feat = FEATURE_DISTANCES[feature]()
     cache = PhotoCache()
@@ -314,7 +324,8 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
         gcfg = GTMapConfig(alpha=alpha, pixel_scale=pixel_scale, feature_scale=feature_scale)
         meta = {"version": 3 if recipe == "v3" else 1, "recipe": recipe, "seed": seed, "hr_size": hr_size,
                 "feature": feature, "gt_map": asdict(gcfg), "changed_threshold": CHANGED_THRESHOLD,
-                "pool": [m.name for m, _ in pool], "photos": {s: [p.id for p in photos[s]] for s in SPLITS}}
+                "pool": [m.name for m, _ in pool], "sources": list(sources),
+                "photos": {s: [p.id for p in photos[s]] for s in SPLITS}}
         tmp = meta_path.with_suffix(f".tmp{shard_i}")
         tmp.write_text(json.dumps(meta, indent=2))
         os.replace(tmp, meta_path)
@@ -360,6 +371,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--hr-size", type=int, default=256, help="HR crop side in px (a multiple of 4)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--photos", action="append", default=[], help="extra folder of HR photos (repeatable)")
+    ap.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
+                    help="offline photo sources, comma-separated, or 'all' (the default pool plus the opt-in "
+                         "sources of training/data/photos.py: " + ",".join(EXTRA_SOURCES) + "); default: %(default)s")
     ap.add_argument("--feature", choices=sorted(FEATURE_DISTANCES), default="efficientnet_lite0",
                     help="feature extractor of Diff_feat (dino needs Hub weights)")
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the pixel term in M_gt")
@@ -375,10 +389,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     if args.hr_size % 4:
         ap.error("--hr-size must be a multiple of 4 (the SR scale)")
+    try:
+        sources = parse_sources(args.sources)
+    except ValueError as e:
+        ap.error(str(e))
     torch.set_num_threads(build_threads(args.threads, args.shard))
     build(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.hr_size, args.seed,
           args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos),
-          recipe=args.recipe, shard=parse_shard(args.shard))
+          recipe=args.recipe, shard=parse_shard(args.shard), sources=sources)
     print(f"dataset ready in {args.out}", file=sys.stderr)
     return 0
 
