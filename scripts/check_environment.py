@@ -1,6 +1,6 @@
 """Check that the test suite leans on nothing the scripts do not install (run by .ci/run).
 
-    .venv/bin/python scripts/check_environment.py [--extras train,dev,demo]
+    .venv/bin/python scripts/check_environment.py [--extras train,dev,demo,photos]
 
 A suite that passes only because a machine had something from an earlier manual install is the
 mistake this catches, before any test runs:
@@ -268,7 +268,7 @@ def check_python(extras: str) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--extras", default="train,dev,demo", help="the extras the test command installs")
+    ap.add_argument("--extras", default="train,dev,demo,photos", help="the extras the test command installs")
     args = ap.parse_args(argv)
     problems = check_system(args.extras) + check_python(args.extras)
     for p in problems:

@@ -3,7 +3,7 @@
 # scripts/system-packages.txt), then run the whole test suite. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh train,dev,demo
+bash scripts/setup_env.sh train,dev,demo,photos
 venv="${VENV:-.venv}"
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False TQDM_DISABLE=1
 exec "$venv/bin/python" -m pytest -q "$@"

@@ -208,7 +208,7 @@ def test_the_package_list_is_what_the_installer_installs():
     check = load_script("check_environment")
     listed = check.read_list()
     assert {"opencv-doc", "mate-backgrounds", "plasma-workspace-wallpapers", "chromium"} <= set(listed)
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "install_system_packages.sh"), "--list", "train,dev,demo"],
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "install_system_packages.sh"), "--list", "train,dev,demo,photos"],
                          capture_output=True, text=True, check=True)
     assert sorted(out.stdout.split()) == sorted(listed)
     train = subprocess.run(["bash", str(ROOT / "scripts" / "install_system_packages.sh"), "--list", "train"],
@@ -219,19 +219,19 @@ def test_the_package_list_is_what_the_installer_installs():
 @pytest.mark.skipif(shutil.which("dpkg-query") is None, reason="needs dpkg (Debian)")
 def test_check_environment_passes_here_and_catches_an_unlisted_package(tmp_path, monkeypatch):
     check = load_script("check_environment")
-    assert check.check_system("train,dev,demo") == []
+    assert check.check_system("train,dev,demo,photos") == []
     # the mistake of issue 11: BRISQUE's files come from opencv-doc, which nothing installed
     short = tmp_path / "system-packages.txt"
     short.write_text("".join(line + "\n" for line in check.LIST.read_text().splitlines()
                              if not line.startswith("opencv-doc")))
     monkeypatch.setattr(check, "LIST", short)
-    problems = check.check_system("train,dev,demo")
+    problems = check.check_system("train,dev,demo,photos")
     assert any("/usr/share/doc/opencv-doc/examples/quality" in p and "opencv-doc" in p for p in problems), problems
 
 
 def test_check_environment_catches_an_import_the_scripts_do_not_install(tmp_path, monkeypatch):
     check = load_script("check_environment")
-    assert check.check_python("train,dev,demo") == []
+    assert check.check_python("train,dev,demo,photos") == []
     fake = tmp_path / "repo"
     (fake / "tests").mkdir(parents=True)
     (fake / "scripts").mkdir()
@@ -244,5 +244,5 @@ def test_check_environment_catches_an_import_the_scripts_do_not_install(tmp_path
     (fake / "tests" / "test_leans.py").write_text("import numpy\nimport pip\n\ntry:\n    import not_here\n"
                                                   "except ImportError:\n    not_here = None\n")
     monkeypatch.setattr(check, "ROOT", fake)
-    problems = check.check_python("train,dev,demo")
+    problems = check.check_python("train,dev,demo,photos")
     assert len(problems) == 1 and "tests/test_leans.py:2" in problems[0] and "'pip'" in problems[0], problems
