@@ -20,6 +20,23 @@ from fixture_models import make_detector_model
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def launch_two(tmp_path: Path, out: Path, port: int, steps: int, checkpointing_steps: int) -> subprocess.CompletedProcess:
+    """Run ccl_lora in two gloo processes with ``tmp_path``'s rm/ and sched.json; asserts it exits 0."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "MASTER_PORT": str(port)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           str(ROOT / "training" / "ccl_lora.py"),
+           "--reward_model", str(tmp_path / "rm"), "--ccl_config", str(tmp_path / "sched.json"),
+           "--max_train_steps", str(steps), "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
+           "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", str(checkpointing_steps),
+           "--no_brisque", "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
+           "--num_threads", "1", "--output_dir", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
 def test_two_cpu_processes_end_with_identical_lora_and_switch_on_the_same_steps(tmp_path):
     # a reward whose map has structure (tests/fixture_models.py), so that the reward differs from image
     # to image, hence from rank to rank (the tiny random model scores every image alike to 1e-5)
@@ -31,18 +48,7 @@ def test_two_cpu_processes_end_with_identical_lora_and_switch_on_the_same_steps(
         {"rm_stage": 2, "lambda_pdm": 0.5, "plateau_window": 1, "plateau_threshold": 0.0, "max_steps": 4},
         {"rm_stage": 4, "lambda_pdm": 1.0}]}))
     out = tmp_path / "run"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "MASTER_PORT": "29617"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29617",
-           str(ROOT / "training" / "ccl_lora.py"),
-           "--reward_model", str(tmp_path / "rm"), "--ccl_config", str(tmp_path / "sched.json"),
-           "--max_train_steps", "6", "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
-           "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", "2", "--no_brisque",
-           "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
-           "--num_threads", "1", "--output_dir", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = launch_two(tmp_path, out, 29617, steps=6, checkpointing_steps=2)
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2, "accelerate ran a single process: the launch line is wrong"
     assert "process 1 of 2" in proc.stderr
@@ -74,18 +80,7 @@ def test_two_cpu_processes_coevolve_the_same_reward_model(tmp_path):
         "coevolve": {"data": str(tmp_path / "fgr"), "every": 2, "items": 2, "steps": 2, "batch_size": 2,
                      "learning_rate": 1e-2, "max_update": 1.0, "max_drop": 1.0, "hr_band": 10.0, "val_items": 3}}))
     out = tmp_path / "run"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "MASTER_PORT": "29619"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29619",
-           str(ROOT / "training" / "ccl_lora.py"),
-           "--reward_model", str(tmp_path / "rm"), "--ccl_config", str(tmp_path / "sched.json"),
-           "--max_train_steps", "3", "--photo_sources", "skimage", "--hr_size", "64", "--train_batch_size", "1",
-           "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", "100", "--no_brisque",
-           "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
-           "--num_threads", "1", "--output_dir", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    launch_two(tmp_path, out, 29619, steps=3, checkpointing_steps=100)
     res = json.loads((out / "result.json").read_text())
     assert res["world_size"] == 2 and res["coevolve"]["accepted"] == 1
     assert res["reward_rank_max_abs_diff"] == 0.0 and res["rank_max_abs_diff"] == 0.0
