@@ -125,11 +125,30 @@ def test_a_broken_guard_undoes_the_update(assets, policy):
     assert co.summary()["accepted"] == 0 and co.summary()["updates"] == 1
 
 
-def run_args(assets, out: Path, steps: int = 5) -> list[str]:
+def test_the_memory_keeps_past_policy_items_up_to_its_size_and_replays_them(assets, policy):
+    co, plain = coevolver(assets, memory=6), coevolver(assets)
+    first = co.update(policy, step=4, stage=3)
+    plain.update(policy, step=4, stage=3)
+    assert first["memory_items"] == 0 and co.memory["gt"].shape[0] == 4 and not plain.memory
+    assert not changed(snapshot(plain.rm), snapshot(co.rm))  # nothing to replay yet: the same update
+    second = co.update(policy, step=6, stage=3)
+    plain.update(policy, step=6, stage=3)
+    assert second["memory_items"] == 4 and co.memory["gt"].shape[0] == 6  # 4 + 4 items, capped at 6
+    assert changed(snapshot(plain.rm), snapshot(co.rm))  # the replayed step-4 items changed the update
+    fresh = co.encode_items(co.policy_items(policy, step=6))
+    assert all(torch.equal(co.memory[k][-4:], fresh[k]) for k in fresh)  # newest last, oldest dropped
+    dec = co.decode_items(fresh)
+    raw = co.policy_items(policy, step=6)
+    assert all(float((dec[k] - raw[k]).abs().max()) <= (1e-3 if k == "mgt" else 0.5 / 255 + 1e-6) for k in raw)
+    with pytest.raises(ValueError, match="memory"):
+        CoevolveConfig.from_dict({"data": "x", "memory": -1})
+
+
+def run_args(assets, out: Path, steps: int = 5, memory: int = 0) -> list[str]:
     sched = {"stages": [{"rm_stage": 0, "steps": 2}, {"rm_stage": 3, "lambda_pdm": 1.0}],
              "coevolve": {"data": str(assets / "fgr"), "every": 2, "items": 2, "steps": 3, "batch_size": 2,
                           "learning_rate": 1e-2, "max_update": 1.0, "max_drop": 1.0, "hr_band": 10.0,
-                          "val_items": 4}}
+                          "val_items": 4, "memory": memory}}
     (assets / "coevolve_sched.json").write_text(json.dumps(sched))
     return ["--reward_model", str(assets / "rm"), "--ccl_config", str(assets / "coevolve_sched.json"),
             "--max_train_steps", str(steps), "--photo_sources", "skimage", "--hr_size", "64",
@@ -138,9 +157,10 @@ def run_args(assets, out: Path, steps: int = 5) -> list[str]:
             "--report_to", "none", "--brisque", "off", "--output_dir", str(out)]
 
 
-def test_ccl_lora_coevolves_saves_the_reward_model_and_resumes_exactly(assets, tmp_path):
+@pytest.mark.parametrize("memory", [0, 3])
+def test_ccl_lora_coevolves_saves_the_reward_model_and_resumes_exactly(assets, tmp_path, memory):
     ref, out = tmp_path / "ref", tmp_path / "crash"
-    res = ccl_lora.main(run_args(assets, ref))
+    res = ccl_lora.main(run_args(assets, ref, memory=memory))
     assert res["coevolve"]["updates"] == 2 and res["coevolve"]["accepted"] == 2  # steps 2 and 4 of 5
     hist = [json.loads(x) for x in (ref / "coevolve.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [2, 4] and [h["rm_stage"] for h in hist] == [3, 3]
@@ -150,11 +170,13 @@ def test_ccl_lora_coevolves_saves_the_reward_model_and_resumes_exactly(assets, t
     assert "Co-evolving reward" in (ref / "lora" / "README.md").read_text()
     assert json.loads((ref / "lora" / "coevolve.json").read_text()) == hist
     # SIGKILL after step 3: the checkpoint of step 2 holds the reward model as adapted at step 2
-    proc = subprocess.run([sys.executable, str(KILL_AFTER), "3", *run_args(assets, out)],
+    assert [h["memory_items"] for h in hist] == [0, 2 if memory else 0]
+    proc = subprocess.run([sys.executable, str(KILL_AFTER), "3", *run_args(assets, out, memory=memory)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (out / "checkpoints" / "checkpoint-2" / "reward_model.safetensors").is_file()
-    ccl_lora.main(run_args(assets, out) + ["--resume_from_checkpoint", "latest"])
+    assert (out / "checkpoints" / "checkpoint-2" / "coevolve_memory.safetensors").is_file() == bool(memory)
+    ccl_lora.main(run_args(assets, out, memory=memory) + ["--resume_from_checkpoint", "latest"])
     assert (out / "train_log.jsonl").read_text() == (ref / "train_log.jsonl").read_text()
     assert (out / "coevolve.jsonl").read_text() == (ref / "coevolve.jsonl").read_text()
     a = load_file(str(ref / "lora" / "reward_model" / "diffusion_pytorch_model.safetensors"))

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from diffusers_ext.policies import POLICY_KINDS
 from diffusers_ext.rewards import compute_reward, refl_loss
 from training.distributed import end_run
-from training.ccl.coevolve import REWARD_WEIGHTS
+from training.ccl.coevolve import MEMORY_FILE, REWARD_WEIGHTS
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
 from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,
                                     save_checkpoint)
@@ -361,6 +361,9 @@ def main(argv: Optional[list[str]] = None,
                 save_file({k: v.contiguous() for k, v in rm.state_dict().items()},
                           os.path.join(output_dir, REWARD_WEIGHTS))
                 os.chmod(os.path.join(output_dir, REWARD_WEIGHTS), 0o644)
+                if coevolver.cfg.memory > 0:  # the hack memory (empty before the first update)
+                    save_file(coevolver.memory_state(), os.path.join(output_dir, MEMORY_FILE))
+                    os.chmod(os.path.join(output_dir, MEMORY_FILE), 0o644)
         while weights:
             weights.pop()
 
@@ -374,6 +377,12 @@ def main(argv: Optional[list[str]] = None,
                 raise SystemExit(f"{input_dir} has no {REWARD_WEIGHTS}: it was written by a run without the "
                                  "co-evolving reward; resume it with its own schedule, or start a new --output_dir")
             rm.load_state_dict(load_file(path, device=str(device)))
+            if coevolver.cfg.memory > 0:
+                mpath = os.path.join(input_dir, MEMORY_FILE)
+                if not os.path.isfile(mpath):
+                    raise SystemExit(f"{input_dir} has no {MEMORY_FILE}: it was written by a run without the "
+                                     "co-evolution memory; resume it with its own schedule, or start a new --output_dir")
+                coevolver.load_memory_state(load_file(mpath))
         while models:
             models.pop()
 

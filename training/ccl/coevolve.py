@@ -19,6 +19,13 @@ Guard rails, measured on every update and logged (an update that breaks one is u
 * the HR band: the mean calibrated score of those val photos' clean GT must stay within
   ``hr_band`` of its value before the first update.
 
+A hack memory (``memory`` > 0, off by default): the policy items of past updates are kept, up to
+``memory`` of them (oldest dropped first), and each update draws its policy items from the fresh ones
+and the memory alike, so a hack the reward learned once is not forgotten when the policy moves on,
+and a stage the curriculum reaches later learns the hacks found under the earlier stages at its first
+update. The memory is stored quantized (images and mask as uint8, the GT map as float16) and used
+only in that form, so it goes into every checkpoint (``coevolve_memory.safetensors``) exactly.
+
 What is updated (``update``): ``score`` = the stage's score head; ``heads`` = the score head and
 the map head of the stage's decoder level (no other stage changes); ``level`` = the score head and
 the whole decoder level (the finer stages that build on that level change too). The encoder never
@@ -27,7 +34,7 @@ so with the reward model's weights in the checkpoint a resumed run repeats an un
 
 Configured by the ``coevolve`` block of a CCL schedule (off when absent)::
 
-    coevolve: {data: data/fgr_v3, every: 50, items: 8, steps: 10, update: heads}
+    coevolve: {data: data/fgr_v3, every: 50, items: 8, steps: 10, update: heads, memory: 0}
 """
 from __future__ import annotations
 
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 UPDATES = ("score", "heads", "level")
 REWARD_WEIGHTS = "reward_model.safetensors"  # the adapted reward model inside a checkpoint
+MEMORY_FILE = "coevolve_memory.safetensors"  # the hack memory inside a checkpoint
+ITEM_KEYS = ("gt", "sr", "syn", "mask", "mgt")
 
 
 @dataclass
@@ -62,6 +71,7 @@ class CoevolveConfig:
     max_drop: float = 0.03
     hr_band: float = 0.1
     val_items: int = 64
+    memory: int = 0
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> "CoevolveConfig":
@@ -85,6 +95,9 @@ class CoevolveConfig:
         if not 0.0 <= cfg.replay < 1.0:
             raise ValueError(f"{where}.replay (the share of original FGR items per batch) must be in [0, 1), "
                              f"got {cfg.replay!r}")
+        if not isinstance(cfg.memory, int) or isinstance(cfg.memory, bool) or cfg.memory < 0:
+            raise ValueError(f"{where}.memory (past policy items kept for replay; 0 = off) must be an integer "
+                             f">= 0, got {cfg.memory!r}")
         for name in ("learning_rate", "max_update", "max_drop", "hr_band"):
             if not float(getattr(cfg, name)) > 0:
                 raise ValueError(f"{where}.{name} must be > 0, got {getattr(cfg, name)!r}")
@@ -125,6 +138,7 @@ class RewardCoevolver:
         self.sampler = SRPairSampler(photos, hr_size, scale, degradation, seed=self.seed + 104_729)
         self.baselines: dict[str, dict[str, float]] = {}
         self.history: list[dict[str, Any]] = []
+        self.memory: dict[str, torch.Tensor] = {}  # encoded (see encode_items); empty when off or not yet filled
 
     # ------------------------------------------------------------------ pieces
     def due(self, step_done: int) -> bool:
@@ -163,13 +177,48 @@ class RewardCoevolver:
             t["mgt"] = gt_map(t["syn"], t["gt"], t["mask"], self.feature, self.gt_cfg)
             items.append(t)
         out = {}
-        for k in ("gt", "sr", "syn", "mask", "mgt"):
+        for k in ITEM_KEYS:
             a = torch.from_numpy(np.stack([np.asarray(t[k], dtype=np.float32) for t in items]))
             out[k] = a.permute(0, 3, 1, 2).contiguous() if a.ndim == 4 else a[:, None].contiguous()
         return out
 
+    # ------------------------------------------------------------------ the hack memory
+    @staticmethod
+    def encode_items(items: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Policy items as the memory stores them: images and mask as uint8, the GT map as float16."""
+        return {k: (v.to(torch.float16) if k == "mgt" else (v.clamp(0, 1) * 255).round().to(torch.uint8)).contiguous()
+                for k, v in items.items()}
+
+    @staticmethod
+    def decode_items(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: (v.float() if k == "mgt" else v.float() / 255.0) for k, v in enc.items()}
+
+    def _remember(self, fresh: dict[str, torch.Tensor]) -> None:
+        if self.cfg.memory <= 0:
+            return
+        enc = self.encode_items(fresh)
+        if self.memory:
+            enc = {k: torch.cat([self.memory[k], enc[k]]) for k in ITEM_KEYS}
+        self.memory = {k: v[-self.cfg.memory:].contiguous() for k, v in enc.items()}
+
+    def memory_state(self) -> dict[str, torch.Tensor]:
+        """The memory's tensors, for ``coevolve_memory.safetensors`` in a checkpoint (empty when off)."""
+        return dict(self.memory)
+
+    def load_memory_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors and set(tensors) != set(ITEM_KEYS):
+            raise ValueError(f"a co-evolution memory needs the tensors {ITEM_KEYS}, got {sorted(tensors)}")
+        self.memory = {k: v.cpu().contiguous() for k, v in tensors.items()}
+
+    def _pool(self, fresh: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The policy items an update draws from: the fresh ones and the memory's."""
+        if not self.memory:
+            return fresh
+        old = self.decode_items(self.memory)
+        return {k: torch.cat([fresh[k], old[k]]) for k in ITEM_KEYS}
+
     def _mix(self, fresh: dict[str, torch.Tensor], step: int, i: int) -> dict[str, torch.Tensor]:
-        """One replay batch: ``(1 - replay)`` of it fresh policy items (random flips / rotations),
+        """One replay batch: ``(1 - replay)`` of it policy items (random flips / rotations),
         the rest original FGR train items (random crops), all drawn from ``(seed, step, i)``."""
         from training.data.fgr_dataset import collate
 
@@ -178,7 +227,7 @@ class RewardCoevolver:
         n_fresh = max(1, int(round(bs * (1.0 - self.cfg.replay))))
         pick = rng.integers(0, fresh["gt"].shape[0], size=n_fresh)
         flips, rots = rng.random(n_fresh) < 0.5, rng.integers(0, 4, size=n_fresh)
-        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ("gt", "sr", "syn", "mask", "mgt")}
+        rows: dict[str, list[torch.Tensor]] = {k: [] for k in ITEM_KEYS}
         for j, f, r in zip(pick, flips, rots):
             for k in rows:
                 a = fresh[k][int(j)]
@@ -220,6 +269,7 @@ class RewardCoevolver:
             self.baselines[key] = self.figures(stage)
         base = self.baselines[key]
         fresh = self.policy_items(policy, step)
+        pool = self._pool(fresh)
         before = self.policy_figures(fresh, stage)
         params = self.parameters(stage)
         start = [p.detach().clone() for p in params]
@@ -233,7 +283,7 @@ class RewardCoevolver:
         losses = []
         try:
             for i in range(cfg.steps):
-                batch = {k: v.to(dev) for k, v in self._mix(fresh, step, i).items()}
+                batch = {k: v.to(dev) for k, v in self._mix(pool, step, i).items()}
                 loss = stage_loss(rm, batch, settings)["loss"]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -266,12 +316,14 @@ class RewardCoevolver:
                 for p, s in zip(params, start):
                     p.copy_(s)
         rec = {"step": step, "rm_stage": stage, "accepted": not reasons, "rejected_because": reasons,
+               "memory_items": int(pool["gt"].shape[0] - fresh["gt"].shape[0]),
                "loss_first": losses[0], "loss_last": losses[-1],
                "update_norm": float(min(delta, limit) / norm), "scaled": scaled,
                **{f"val_{k}": v for k, v in after.items()},
                **{f"policy_{k}_before": v for k, v in before.items()},
                **{f"policy_{k}_after": v for k, v in (self.policy_figures(fresh, stage) if not reasons else before).items()}}
         self.history.append(rec)
+        self._remember(fresh)
         logger.info("co-evolution at step %d (RM_%d): %s%s", step, stage, "accepted" if not reasons else "undone: ",
                     "; ".join(reasons))
         return rec

@@ -76,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coevolve_update", choices=["score", "heads", "level"], default="heads",
                    help="coevo arm: what an update changes (training/ccl/coevolve.py)")
     p.add_argument("--coevolve_steps", type=int, default=10, help="coevo arm: optimizer steps per reward update")
+    p.add_argument("--coevolve_memory", type=int, default=0,
+                   help="coevo arm: past policy items kept and replayed at every update (0 = only fresh ones)")
     p.add_argument("--net", default="realesr-animevideov3-x4")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=4)
@@ -261,7 +263,7 @@ def main(argv=None) -> dict:
     n = load_reward_model(args.reward_model, torch.device("cpu")).num_stages
     arms = [a for a in args.arms.split(",") if a]
     coevolve = ({"data": str(args.coevolve_data), "every": args.coevolve_every, "update": args.coevolve_update,
-                 "steps": args.coevolve_steps} if "coevo" in arms else None)
+                 "steps": args.coevolve_steps, "memory": args.coevolve_memory} if "coevo" in arms else None)
     sch = schedules(n, args.steps, coevolve)
     seconds = {f"{arm}/seed{seed}": run_arm(arm, sch[arm], args, seed) for seed in args.seed_list for arm in arms}
     per_seed = evaluate(args, arms, n)
