@@ -106,3 +106,15 @@ def test_monitor_plot_keeps_a_minimum_span_and_labels_its_axes(tmp_path):
     # the ssim curve (the second panel: palette colour 1) lies in a thin horizontal band, not across the panel
     ys = np.nonzero((np.abs(img - np.array([214, 39, 40])).sum(-1) < 60))[0]
     assert len(ys) and ys.max() - ys.min() < 20
+
+
+def test_the_perceptual_distance_is_zero_on_hr_and_grows_with_the_damage():
+    from skimage import data
+
+    hr = torch.from_numpy(data.astronaut()[:128, :128] / 255.0).permute(2, 0, 1)[None].float()
+    blur = [torch.nn.functional.avg_pool2d(hr, k, 1, k // 2, count_include_pad=False) for k in (3, 5, 9)]
+    faint = (hr + torch.randn(hr.shape, generator=torch.Generator().manual_seed(0)) / 255).clamp(0, 1)
+    d = ccl_monitor.PerceptualDistance()(torch.cat([hr, faint, *blur]), hr.repeat(5, 1, 1, 1))
+    assert abs(float(d[0])) < 1e-6
+    assert float(d[1]) < float(d[2]) < float(d[3]) < float(d[4])  # invisible noise < light blur < heavy blur
+    assert "lower = better" in ccl_monitor.LABELS["percep"]

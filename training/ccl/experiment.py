@@ -11,7 +11,8 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
 *test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE (NaN
-without Debian opencv-doc's model files), and
+without Debian opencv-doc's model files), a perceptual distance to HR from ImageNet EfficientNet-Lite2
+features (``percep``, training/ccl/monitor.py :class:`PerceptualDistance`), and
 the score and flagged-pixel share of a *judge*: a second reward model of another backbone
 (EfficientNet-Lite1) trained on other triplets (FGR-20k items 7,000-19,999; the bundled model saw
 items 0-6,999) with another seed (``--judge_model``; trained first into ``runs/judge_lite1`` when
@@ -166,12 +167,12 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
         m = mon.image_metrics(images, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
         return {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
                 "s_globalN": rm(images, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
-                "brisque": m.get("brisque", float("nan")), "judge_flagged": m.get("judge_flagged", float("nan")),
+                "brisque": m.get("brisque", float("nan")), "percep": m.get("percep", float("nan")), "judge_flagged": m.get("judge_flagged", float("nan")),
                 "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
 
     base_sr = mon.sr_images(base, dev)
     base_row = row(base_sr)
-    hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}
+    hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}  # its percep is 0 by definition
     meta = {"test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
             "test_photos": sorted({p.id for p in photos})}
     per_seed = {}
@@ -206,7 +207,7 @@ def save_examples(lr, hr, images: dict, path: Path, scale: int, n: int = 4) -> N
     sheet.save(path)
 
 
-KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "judge_score", "judge_pdm", "judge_flagged"]
+KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "percep", "judge_score", "judge_pdm", "judge_flagged"]
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -247,10 +248,11 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
                 runs[label] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
                 fade = min(0.6, 0.3 * i)  # later seeds: lighter shades of the arm's colour
                 colors[label] = tuple(int(c + (255 - c) * fade) for c in base.get(arm, (90, 90, 90)))
-    plot_curves([], path, keys=["reward_final", "psnr", "ssim", "brisque", "judge_score", "judge_pdm"], runs=runs,
+    plot_curves([], path, keys=["reward_final", "psnr", "ssim", "brisque", "percep", "judge_score", "judge_pdm"],
+                runs=runs,
                 colors=colors,
                 title=f"validation curves of every arm (judge: {'independent model' if args.judge_model else 'same model'}"
-                      "; lower is better for brisque and judge_pdm)")
+                      "; lower is better for brisque, percep and judge_pdm)")
 
 
 def main(argv=None) -> dict:
