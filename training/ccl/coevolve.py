@@ -217,26 +217,26 @@ class RewardCoevolver:
         old = self.decode_items(self.memory)
         return {k: torch.cat([fresh[k], old[k]]) for k in ITEM_KEYS}
 
-    def _mix(self, fresh: dict[str, torch.Tensor], step: int, i: int) -> dict[str, torch.Tensor]:
+    def _mix(self, pool: dict[str, torch.Tensor], step: int, i: int) -> dict[str, torch.Tensor]:
         """One replay batch: ``(1 - replay)`` of it policy items (random flips / rotations),
         the rest original FGR train items (random crops), all drawn from ``(seed, step, i)``."""
         from training.data.fgr_dataset import collate
 
         rng = np.random.default_rng([self.seed, step, 31, i])
         bs = self.cfg.batch_size
-        n_fresh = max(1, int(round(bs * (1.0 - self.cfg.replay))))
-        pick = rng.integers(0, fresh["gt"].shape[0], size=n_fresh)
-        flips, rots = rng.random(n_fresh) < 0.5, rng.integers(0, 4, size=n_fresh)
+        n_policy = max(1, int(round(bs * (1.0 - self.cfg.replay))))
+        pick = rng.integers(0, pool["gt"].shape[0], size=n_policy)
+        flips, rots = rng.random(n_policy) < 0.5, rng.integers(0, 4, size=n_policy)
         rows: dict[str, list[torch.Tensor]] = {k: [] for k in ITEM_KEYS}
         for j, f, r in zip(pick, flips, rots):
             for k in rows:
-                a = fresh[k][int(j)]
+                a = pool[k][int(j)]
                 a = a.flip(-1) if f else a
                 rows[k].append(torch.rot90(a, int(r), dims=(-2, -1)))
         batch = {k: torch.stack(v) for k, v in rows.items()}
-        if bs > n_fresh:
-            keys = [(int(a), int(b)) for a, b in zip(rng.integers(0, len(self.train), size=bs - n_fresh),
-                                                     rng.integers(0, 2**31, size=bs - n_fresh))]
+        if bs > n_policy:
+            keys = [(int(a), int(b)) for a, b in zip(rng.integers(0, len(self.train), size=bs - n_policy),
+                                                     rng.integers(0, 2**31, size=bs - n_policy))]
             old = collate([self.train[k] for k in keys])
             batch = {k: torch.cat([batch[k], old[k]]) for k in batch}
         return batch
