@@ -354,16 +354,16 @@ def main(argv: Optional[list[str]] = None,
     def save_hook(models, weights, output_dir):
         from safetensors.torch import save_file
 
+        def save(tensors: dict[str, torch.Tensor], name: str) -> None:
+            save_file(tensors, os.path.join(output_dir, name))
+            os.chmod(os.path.join(output_dir, name), 0o644)  # safetensors writes 0600
+
         if accelerator.is_main_process:
-            save_file(policy.trainable_state_dict(), os.path.join(output_dir, POLICY_WEIGHTS))
-            os.chmod(os.path.join(output_dir, POLICY_WEIGHTS), 0o644)  # safetensors writes 0600
+            save(policy.trainable_state_dict(), POLICY_WEIGHTS)
             if coevolver is not None:  # the adapted reward model: a resumed run goes on from it
-                save_file({k: v.contiguous() for k, v in rm.state_dict().items()},
-                          os.path.join(output_dir, REWARD_WEIGHTS))
-                os.chmod(os.path.join(output_dir, REWARD_WEIGHTS), 0o644)
+                save({k: v.contiguous() for k, v in rm.state_dict().items()}, REWARD_WEIGHTS)
                 if coevolver.cfg.memory > 0:  # the hack memory (empty before the first update)
-                    save_file(coevolver.memory_state(), os.path.join(output_dir, MEMORY_FILE))
-                    os.chmod(os.path.join(output_dir, MEMORY_FILE), 0o644)
+                    save(coevolver.memory_state(), MEMORY_FILE)
         while weights:
             weights.pop()
 

@@ -167,8 +167,8 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
         m = mon.image_metrics(images, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
         return {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
                 "s_globalN": rm(images, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
-                "brisque": m.get("brisque", float("nan")), "percep": m.get("percep", float("nan")), "judge_flagged": m.get("judge_flagged", float("nan")),
-                "judge_pdm": m.get("judge_pdm", float("nan")), "judge_score": m["judge_score"]}
+                **{k: m.get(k, float("nan")) for k in ("brisque", "percep", "judge_flagged", "judge_pdm")},
+                "judge_score": m["judge_score"]}
 
     base_sr = mon.sr_images(base, dev)
     base_row = row(base_sr)
