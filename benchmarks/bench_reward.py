@@ -10,6 +10,8 @@ peer measured right beside each row):
   of CLIP-IQA's shape (random init: cost only, no weights needed), on the same inputs;
 - FLOPs per image (``torch.utils.flop_counter``) and achieved GFLOP/s against this machine's
   measured matmul peak;
+- the finest stage through the default tiling (tiles of the model's ``native_size``), which is what
+  the pipeline and the CLI run on images larger than that;
 - (CPU) a 4096 x 4096 photo through the tiled pipeline in a fresh subprocess: wall time, peak RSS.
 Peak memory per row: CPU, the process's resident-set peak above its level before the row
 (``benchmarks/common.py``); CUDA, the allocator's peak above its level before the row.
@@ -95,10 +97,13 @@ def main(argv=None) -> int:
     n = rm.num_stages
     stages = list(range(n + 1)) if args.stages == "all" else [int(s) for s in args.stages.split(",")]
     peak = matmul_peak(device, dtype)
+    tiling = default_tiling(rm)
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:
         x1 = torch.rand(1, 3, size, size, device=device, dtype=dtype)
         models = {PEER: peer, **{stage_name(k, n): (lambda x, k=k: rm(x, stage=k)) for k in stages}}
+        if size > tiling.size:  # what the pipeline and the CLI run by default on an image of this size
+            models[f"FinPercep-RM stage {n}, default tiling"] = lambda x: rm(x, stage=n, tiling=tiling)
         with torch.inference_mode():
             gflop = {name: flops(lambda: m(x1)) / 1e9 for name, m in models.items()}
         for batch in [int(b) for b in args.batches.split(",")]:
@@ -138,7 +143,6 @@ def main(argv=None) -> int:
     tiled = None
     if not args.skip_tiled and device.type == "cpu":
         tiled = tiled_4096()
-        tiling = default_tiling(rm)
         lines += ["", f"4096 x 4096 photo through the tiled pipeline (tiles of {tiling.size}, overlap "
                       f"{tiling.overlap}, stage {n}): {tiled['seconds']:.1f} s, peak RSS "
                       f"{tiled['peak_rss_mb']:.0f} MB (whole process, model included)."]

@@ -105,6 +105,26 @@ def test_sharded_build_writes_exactly_what_one_process_writes(tmp_path):
         parse_shard("4/4")
 
 
+def test_a_build_in_worker_processes_writes_what_one_process_writes(tmp_path):
+    from training.data.build_fgr import build_parallel
+
+    one = _build(tmp_path / "one")
+    kw = dict(hr_size=64, seed=5, feature="ssim", pixel_scale=0.1, feature_scale=0.3, pool=FAST_POOL, progress=False)
+    two = build_parallel(tmp_path / "two", {"train": 7, "val": 2, "test": 2}, 2, threads=1, **kw)
+    assert sorted(p.name for p in two.glob("manifest.shard*.jsonl")) == [
+        "manifest.shard0-of-2.jsonl", "manifest.shard1-of-2.jsonl"]  # the two workers did the work
+    a, b = read_manifest(one), read_manifest(two)
+    assert a == b and len(a) == 11
+    for key in a:
+        assert filecmp.cmp(one / f"{key}_syn.png", two / f"{key}_syn.png", shallow=False)
+    with pytest.raises(ValueError, match="pass no shard"):
+        build_parallel(tmp_path / "x", {"train": 1}, 2, shard=(0, 2), **kw)
+    # a worker that fails is named (here: an SR method that does not exist, met by both workers)
+    bad = {**kw, "pool": [(ClassicalSR("no-such-interpolation"), 1.0)]}
+    with pytest.raises(RuntimeError, match=r"shard\(s\) 0/2 \(exit code 1\), 1/2 .*rerun"):
+        build_parallel(tmp_path / "bad", {"train": 7, "val": 2, "test": 2}, 2, threads=1, **bad)
+
+
 def test_build_processes_split_the_machines_cores(monkeypatch):
     from training.data.build_fgr import build_threads
 
@@ -283,11 +303,11 @@ def test_train_default_builds_its_data_with_the_data_seed(monkeypatch, tmp_path,
 
     seen = {}
 
-    def fake_build(out, counts, hr_size, seed, **kw):
+    def fake_build(out, counts, processes, hr_size, seed, **kw):
         seen["seed"] = seed
         raise RuntimeError("stop after the build call")
 
-    monkeypatch.setattr(train_default, "build", fake_build)
+    monkeypatch.setattr(train_default, "build_parallel", fake_build)
     with pytest.raises(RuntimeError, match="stop after"):
         train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"), *argv])
     assert seen["seed"] == seed

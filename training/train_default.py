@@ -36,7 +36,7 @@ from diffusers_ext.models.finpercep_rm import FinPercepRM  # noqa: E402
 from training import train_reward  # noqa: E402
 from training.checkpointing import atomic_write_dir  # noqa: E402
 from training.calibration import fit_calibration  # noqa: E402
-from training.data.build_fgr import build, parse_shard  # noqa: E402
+from training.data.build_fgr import build, build_parallel, default_processes, parse_shard  # noqa: E402
 from training.data.families import parse_families  # noqa: E402
 from training.data.photos import DEFAULT_SOURCES, EXTRA_SOURCES, parse_sources  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
@@ -72,6 +72,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
+    p.add_argument("--build_processes", type=int, default=None,
+                   help="worker processes that build the data on this machine (default: one per core, at most 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training (and of the data, unless --data_seed)")
     p.add_argument("--data_seed", type=int, default=None,
                    help="seed the FGR data is built with (default: --seed); e.g. --seed 1 --data_seed 0 trains "
@@ -80,6 +82,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="where the test figures (default_model.json / .md) go")
     p.add_argument("--skip_export", action="store_true")
     args = p.parse_args(argv)
+    if args.build_processes is not None and args.build_processes < 1:
+        p.error(f"--build_processes must be at least 1, got {args.build_processes}")
     try:
         args.sources = parse_sources(args.sources)
     except ValueError as e:
@@ -140,7 +144,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         build(args.data, counts, hr_size=args.hr_size, seed=data_seed, shard=parse_shard(args.shard),
               sources=args.sources)
         return 0
-    build(args.data, counts, hr_size=args.hr_size, seed=data_seed, sources=args.sources)
+    build_parallel(args.data, counts, args.build_processes or default_processes(), hr_size=args.hr_size,
+                   seed=data_seed, sources=args.sources)
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:

@@ -14,9 +14,10 @@ convolutions. Afterwards every arm (and the untouched base network) is scored on
 without Debian opencv-doc's model files), a perceptual distance to HR from ImageNet EfficientNet-Lite2
 features (``percep``, training/ccl/monitor.py :class:`PerceptualDistance`), and
 the score and flagged-pixel share of a *judge*: a second reward model of another backbone
-(EfficientNet-Lite1) trained on other triplets (FGR-20k items 7,000-19,999; the bundled model saw
-items 0-6,999) with another seed (``--judge_model``; trained first into ``runs/judge_lite1`` when
-missing, see :func:`ensure_judge`). Every arm runs
+(EfficientNet-Lite1) trained on other triplets (an FGR-20k build of its own, data seed 1, in
+``data/fgr_v4_judge``; the bundled model trains on the seed-0 build) with another seed
+(``--judge_model``; trained first into ``runs/judge_v4_lite1`` when missing, see :func:`ensure_judge`;
+the build alone takes about two hours on 2 cores). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
 ``results.json``, ``results.md`` (mean and range over seeds), ``examples.png`` (first seed),
 ``curves.png`` (validation curves of every arm), ``hacking.md`` (the reward-hacking benchmark,
@@ -38,9 +39,11 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_JUDGE = ROOT / "runs" / "judge_lite1" / "export"
-# the judge recipe: another backbone, other triplets of the same FGR-20k build, another seed
-JUDGE_RECIPE = ["--seed", "1", "--data_seed", "0", "--train_items", "20000", "--train_arg=--train_start=7000",
+DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
+# the judge recipe: another backbone (Lite1), other triplets (an FGR-20k build of its own, data seed 1: the
+# bundled model trains on the seed-0 build), another training seed
+JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
+JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "20000",
                 "--train_arg=--backbone=efficientnet_lite1", "--steps", "900,120,120,150,150,200"]
 
 
@@ -71,7 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "('same' = the reward model itself, not independent)")
     p.add_argument("--judge_stage", type=int, default=None, help="default: the finest stage")
     p.add_argument("--arms", default="global,full,ccl,coevo")
-    p.add_argument("--coevolve_data", type=Path, default=ROOT / "data" / "fgr_v3",
+    p.add_argument("--coevolve_data", type=Path, default=ROOT / "data" / "fgr_v4",
                    help="coevo arm: FGR dataset of the replay items and the guard")
     p.add_argument("--coevolve_every", type=int, default=50, help="coevo arm: policy steps between reward updates")
     p.add_argument("--coevolve_update", choices=["score", "heads", "level"], default="heads",
@@ -107,7 +110,7 @@ def ensure_judge(args: argparse.Namespace) -> None:
     if args.judge_model is None or Path(args.judge_model) != DEFAULT_JUDGE or DEFAULT_JUDGE.is_dir():
         return
     runs = DEFAULT_JUDGE.parent
-    cmd = [sys.executable, "-m", "training.train_default", *JUDGE_RECIPE, "--data", str(ROOT / "data" / "fgr_v3"),
+    cmd = [sys.executable, "-m", "training.train_default", *JUDGE_RECIPE, "--data", str(JUDGE_DATA),
            "--runs", str(runs), "--export", str(DEFAULT_JUDGE), "--results", str(runs / "results")]
     print(f"training the independent judge into {runs}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=str(ROOT))

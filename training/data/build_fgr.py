@@ -362,6 +362,54 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
     return out
 
 
+def _build_shard(threads: int, out: Path, counts: dict[str, int], kwargs: dict) -> None:
+    torch.set_num_threads(threads)
+    build(out, counts, **kwargs)
+
+
+def build_parallel(out: Path, counts: dict[str, int], processes: int, progress: bool = True,
+                   threads: Optional[int] = None, **kwargs: Any) -> Path:
+    """:func:`build` in ``processes`` worker processes on this machine (shards ``i/processes``, the
+    cores split among them unless ``threads`` per worker is given), then one pass that checks every
+    item is there; returns ``out``.
+
+    Exactly the files of a one-process build; resumable like it. A worker that fails stops the
+    build with an error naming its shard once the others are done (their items are kept: rerun to
+    resume). ``kwargs`` are :func:`build`'s, without ``shard``."""
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if "shard" in kwargs:
+        raise ValueError("build_parallel chooses the shards itself: pass no shard")
+    if processes > 1:
+        import multiprocessing as mp
+
+        if not (Path(out) / "dataset.json").is_file():
+            build(out, {}, progress=progress, **kwargs)  # settings and GT-map calibration once, here, not per worker
+
+        ctx = mp.get_context("spawn")  # no fork of a process that may hold torch threads
+        threads = threads or max(1, (os.cpu_count() or 1) // processes)
+        workers = [ctx.Process(target=_build_shard, name=f"fgr-shard-{i}",
+                               args=(threads, out, counts, {**kwargs, "shard": (i, processes),
+                                                            "progress": progress and i == 0}))
+                   for i in range(processes)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        failed = [f"{i}/{processes} (exit code {w.exitcode})" for i, w in enumerate(workers) if w.exitcode != 0]
+        if failed:
+            raise RuntimeError(f"FGR build in {out}: shard(s) {', '.join(failed)} failed (the error is printed "
+                               "above); the finished items are kept, rerun the same command to resume")
+    # one process: everything; after the workers: nothing left but the check that every item is there
+    return build(out, counts, progress=progress, **kwargs)
+
+
+def default_processes() -> int:
+    """Build processes when none are asked for: one per core of this process, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("data/fgr"), help="dataset folder (resumes if it exists)")
@@ -383,20 +431,33 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "and garbage; v2: SR outputs only (the earlier recipe)")
     ap.add_argument("--shard", default=None, help="build only shard i of n (i/n, e.g. 0/4); default: the "
                     "launcher's RANK/WORLD_SIZE, else everything")
+    ap.add_argument("--processes", type=int, default=None,
+                    help="without --shard or a launcher: build with this many worker processes on this "
+                         "machine (default: one per core, at most 8)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads of this process (default: the cores divided among the processes "
                          "of this machine: LOCAL_WORLD_SIZE under a launcher, n for --shard i/n)")
     args = ap.parse_args(argv)
     if args.hr_size % 4:
         ap.error("--hr-size must be a multiple of 4 (the SR scale)")
+    if args.processes is not None and args.processes < 1:
+        ap.error(f"--processes must be at least 1, got {args.processes}")
     try:
         sources = parse_sources(args.sources)
     except ValueError as e:
         ap.error(str(e))
-    torch.set_num_threads(build_threads(args.threads, args.shard))
-    build(args.out, {"train": args.train, "val": args.val, "test": args.test}, args.hr_size, args.seed,
-          args.feature, args.alpha, args.pixel_scale, args.feature_scale, tuple(args.photos),
-          recipe=args.recipe, shard=parse_shard(args.shard), sources=sources)
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    kwargs = dict(hr_size=args.hr_size, seed=args.seed, feature=args.feature, alpha=args.alpha,
+                  pixel_scale=args.pixel_scale, feature_scale=args.feature_scale, extra_photos=tuple(args.photos),
+                  recipe=args.recipe, sources=sources)
+    if args.shard is not None or os.environ.get("WORLD_SIZE"):  # one shard of a multi-process or multi-machine build
+        torch.set_num_threads(build_threads(args.threads, args.shard))
+        build(args.out, counts, shard=parse_shard(args.shard), **kwargs)
+    else:
+        processes = args.processes or default_processes()
+        if processes == 1:
+            torch.set_num_threads(build_threads(args.threads, None))
+        build_parallel(args.out, counts, processes, threads=args.threads, **kwargs)
     print(f"dataset ready in {args.out}", file=sys.stderr)
     return 0
 
