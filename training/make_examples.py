@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 OUT = ROOT / "examples"
 SIZE = 384
+PAINTERLY_BOX = (slice(40, 150), slice(30, 160))  # the smoothed patch of chelsea_local_painterly.png (rows, columns)
 
 
 def center_crop(img: np.ndarray, size: int, scale: float) -> np.ndarray:
@@ -57,7 +58,7 @@ def main() -> int:
     cat = center_crop(photos["skimage/chelsea"].load(), 288, 1.0)
     painted = ARTIFACTS["painterly_smooth"](cat, np.random.default_rng(3), 1.0)
     mask = np.zeros(cat.shape[:2], np.float32)
-    mask[40:150, 30:160] = 1.0
+    mask[PAINTERLY_BOX] = 1.0
     mask = cv2.GaussianBlur(mask, (0, 0), 2.0)[..., None]
     save(mask * painted + (1 - mask) * cat, "chelsea_local_painterly.png")
     return 0

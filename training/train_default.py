@@ -99,7 +99,7 @@ library_name: diffusers
 license: apache-2.0
 tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
-# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v3)
+# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v4)
 
 The reward model bundled with the `finpercep` package: a global quality score and a Perceptual
 Degradation Map (per pixel, [0, 1], higher = more degraded). All curriculum stages are in this one
