@@ -14,10 +14,10 @@ convolutions. Afterwards every arm (and the untouched base network) is scored on
 without Debian opencv-doc's model files), a perceptual distance to HR from ImageNet EfficientNet-Lite2
 features (``percep``, training/ccl/monitor.py :class:`PerceptualDistance`), and
 the score and flagged-pixel share of a *judge*: a second reward model of another backbone
-(EfficientNet-Lite1) trained on other triplets (an FGR-20k build of its own, data seed 1, in
+(EfficientNet-Lite1) trained on other triplets (7,000 of an FGR build of its own, data seed 1, in
 ``data/fgr_v4_judge``; the bundled model trains on the seed-0 build) with another seed
-(``--judge_model``; trained first into ``runs/judge_v4_lite1`` when missing, see :func:`ensure_judge`;
-the build alone takes about two hours on 2 cores). Every arm runs
+(``--judge_model``; built and trained first into ``runs/judge_v4_lite1`` when missing, see
+:func:`ensure_judge`). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
 ``results.json``, ``results.md`` (mean and range over seeds), ``examples.png`` (first seed),
 ``curves.png`` (validation curves of every arm), ``hacking.md`` (the reward-hacking benchmark,
@@ -40,11 +40,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
-# the judge recipe: another backbone (Lite1), other triplets (an FGR-20k build of its own, data seed 1: the
-# bundled model trains on the seed-0 build), another training seed
+# the judge recipe: another backbone (Lite1), other triplets (an FGR build of its own, data seed 1: the
+# bundled model trains on the seed-0 build), another training seed; 7,000 triplets, so that building and
+# training it takes about half an hour on 2 cores
 JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
-JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "20000",
-                "--train_arg=--backbone=efficientnet_lite1", "--steps", "900,120,120,150,150,200"]
+JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "7000",
+                "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150"]
 
 
 def schedules(n: int, steps: int, coevolve: dict | None = None) -> dict[str, dict]:
