@@ -234,7 +234,7 @@ class _Blind(_Oracle):
 
 
 def test_family_metrics_separate_an_oracle_from_a_blind_model(img):
-    from training.evaluate_generalization import family_table, summarize
+    from training.evaluate_generalization import family_table, summaries, summarize
 
     crops = [np.ascontiguousarray(img[:65, :65]), np.ascontiguousarray(img[20:85, 10:75])]
     fams = ["blur_detail_loss", "color_noise"]
@@ -246,6 +246,13 @@ def test_family_metrics_separate_an_oracle_from_a_blind_model(img):
     assert good["_clean"]["false_alarm"] == 0.0 and bad["_clean"]["false_alarm"] == 0.0
     sm = summarize(good, fams)
     assert sm["n_families"] == 2 and sm["min_auroc"] > 0.9
+    # the summary rows: all families, each group (blur removes detail, colour noise adds it), unseen / seen
+    rows = {**good, "color_noise": bad["color_noise"]}
+    parts = summaries(rows, fams, unseen=("color_noise",))
+    assert list(parts) == ["unseen", "seen", "all", "group removes", "group adds"]
+    assert parts["group adds"]["n_families"] == 1 and parts["group adds"]["auroc@0.9"] == pytest.approx(0.5)
+    assert parts["group removes"]["auroc@0.9"] > 0.95 and parts["seen"] == parts["group removes"]
+    assert parts["all"]["auroc@0.9"] == pytest.approx((0.5 + good["blur_detail_loss"]["auroc@0.9"]) / 2)
 
 
 def test_smoothed_scorer_is_deterministic_averages_noisy_copies_and_reduces_to_the_plain_one():

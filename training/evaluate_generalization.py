@@ -203,6 +203,18 @@ def summarize(rows: dict[str, dict], names: list[str]) -> dict[str, float]:
     return out
 
 
+def summaries(rows: dict[str, dict], families: list[str], unseen: tuple[str, ...] = ()) -> dict[str, dict]:
+    """The summary rows of a model: unseen and seen families (a protocol model), all of them, and
+    each group (``group adds``: detail-adding, ``group removes``, ``group colour``, ``group sr_net``, ...)."""
+    out = {}
+    if unseen:
+        out = {"unseen": summarize(rows, list(unseen)), "seen": summarize(rows, [n for n in families if n not in unseen])}
+    out["all"] = summarize(rows, families)
+    for group in dict.fromkeys(FAMILIES[n].group for n in families):
+        out[f"group {group}"] = summarize(rows, [n for n in families if FAMILIES[n].group == group])
+    return out
+
+
 def markdown(result: dict) -> str:
     lines = []
     for label, block in result["models"].items():
@@ -246,13 +258,9 @@ def evaluate_model(path: Optional[str], stage: Optional[int], crops: list[np.nda
     scorer = Scorer(model, stage, smoothing=smoothing)
     families = [n for n, f in FAMILIES.items() if f.group != "garbage"]
     rows = family_table(scorer, crops, families, seed)
-    seen = [n for n in families if n not in unseen]
-    summary = {"all": summarize(rows, families)}
-    if unseen:
-        summary = {"unseen": summarize(rows, list(unseen)), "seen": summarize(rows, seen), **summary}
     return {"model": path or "bundled default", "stage": scorer.stage, "smoothing": smoothing,
             "families": rows, "unseen": list(unseen),
-            "summary": summary, "robustness": robustness(scorer, crops, seed)}
+            "summary": summaries(rows, families, unseen), "robustness": robustness(scorer, crops, seed)}
 
 
 def _default_dir() -> Path:
