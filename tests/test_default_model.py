@@ -2,8 +2,8 @@
 calibrated (clean photos near 0.9 at the default tiling, garbage below a blurred photo), and it does
 its job on real photos: it finds local defects pasted into a test-split photo and scores the damaged
 image lower. Known weaknesses, reported in the README instead of tested: the score depends on the
-framing (the whole 384 px astronaut scores 0.44 untiled, 0.90 in the default 192 px tiles), and
-Real-ESRGAN's smooth "GAN look" scores above the clean photo."""
+framing (the whole 384 px astronaut scores 0.76 untiled, 0.92 in the default 192 px tiles), and
+Real-ESRGAN x4plus's smooth "GAN look" scores close to the clean photo (0.89 vs 0.92)."""
 from __future__ import annotations
 
 import numpy as np
@@ -46,10 +46,24 @@ def test_finds_a_pasted_defect_and_scores_it_lower(pipe, clean, kind):
     assert scores[1] < scores[0], (kind, scores)
 
 
+def test_the_damaged_examples_score_below_their_clean_sources(pipe, clean):
+    """examples/: Real-ESRGAN x4plus's upscale of a degraded copy of the astronaut, and the cat with one
+    painterly-smoothed patch (training/make_examples.py), each against its clean source (bundled v4:
+    0.89 < 0.92 and 0.82 < 0.84; v3 scored the upscale above the clean photo, 0.94 vs 0.90)."""
+    from training.data.photos import photo_pool
+    from training.make_examples import center_crop
+
+    cat = center_crop({p.id: p for p in photo_pool("test")}["skimage/chelsea"].load(), 288, 1.0)
+    cat = (np.clip(cat, 0, 1) * 255).round().astype(np.uint8)  # as the example was saved, before the patch
+    s = pipe([clean, str(EXAMPLES / "astronaut_realesrgan_x4.png"), cat, str(EXAMPLES / "chelsea_local_painterly.png")],
+             output_overlays=False).scores
+    assert s[1] < s[0] and s[3] < s[2], s
+
+
 def test_score_is_calibrated_and_garbage_scores_below_a_blurred_photo(pipe, clean):
     """At the default tiling a clean test photo reads as clean (about 0.9), its Gaussian-blurred copy
-    far lower, noise and flat grey lower still, and all three images that are no photograph (noise,
-    flat grey, 1-px stripes) flagged almost everywhere by the map."""
+    far lower, and all three images that are no photograph (noise, flat grey, 1-px stripes) lower
+    still and flagged almost everywhere by the map (bundled v4: 0.92, 0.32, <= 0.003; maps 0.94-0.99)."""
     import cv2
 
     rm = pipe.reward_model
@@ -63,10 +77,7 @@ def test_score_is_calibrated_and_garbage_scores_below_a_blurred_photo(pipe, clea
     s = out.scores
     assert ((0 < s) & (s < 1)).all()
     assert s[0] > 0.8 and s[1] < 0.5, s
-    assert (s[2:4] < s[1]).all(), s
-    # 1-px stripes score about as low as the blurred photo (measured 0.334 vs 0.328: a known gap,
-    # README), far below the clean photo
-    assert s[4] < 0.5 * s[0], s
+    assert (s[2:] < s[1]).all(), s
     maps = out.pdms.reshape(len(images), -1).mean(1)
     assert (maps[2:] > 0.8).all() and maps[0] < 0.15, maps
 
@@ -87,16 +98,16 @@ def tiled_and_full(pipe, clean):
 
 
 def test_tiled_map_matches_untiled_on_the_real_model(tiled_and_full):
-    """Measured on the bundled v3 model: mean |tiled - untiled| 0.016 (the map's own mean is
-    0.063), 99th percentile 0.150; well below the map effects the other tests rely on (a pasted
-    blur or JPEG patch raises the map by 0.38-0.49 inside it)."""
+    """Measured on the bundled v4 model: mean |tiled - untiled| 0.006 (the map's own mean is
+    0.031), 99th percentile 0.096; well below the map effects the other tests rely on (a pasted
+    blur or JPEG patch raises the map by 0.44-0.53 inside it)."""
     tiled, full = tiled_and_full
     diff = np.abs(full.pdms - tiled.pdms)
     assert diff.mean() < 0.025 and np.quantile(diff, 0.99) < 0.2
 
 
 @pytest.mark.xfail(strict=True, reason="known gap (README): the score depends on the framing; the 384 px "
-                   "astronaut scores 0.44 as a whole and 0.90 in the default 192 px tiles (the size the model "
+                   "astronaut scores 0.76 as a whole and 0.92 in the default 192 px tiles (the size the model "
                    "was trained and calibrated at); remove this mark once the score is framing-invariant")
 def test_tiled_score_matches_untiled_on_the_real_model_closer_than_the_effects_we_test(tiled_and_full):
     tiled, full = tiled_and_full

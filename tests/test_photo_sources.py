@@ -187,5 +187,5 @@ def test_cli_options():
 
     with pytest.raises(SystemExit):
         build_fgr.main(["--sources", "gnome", "--out", "unused"])
-    assert train_default.parse_args(["--sources", "all"]).sources == P.ALL_SOURCES
-    assert train_default.parse_args([]).sources == P.DEFAULT_SOURCES
+    assert train_default.parse_args([]).sources == P.ALL_SOURCES  # the bundled model's recipe
+    assert train_default.parse_args(["--sources", "mate,opencv"]).sources == ("mate", "opencv")

@@ -303,6 +303,15 @@ def test_ranking_asks_faint_changes_for_little_and_visible_ones_for_the_full_mar
     assert float(ranking_loss(s, s, s, 0.1, 0.1)) == pytest.approx(0.2)
 
 
+def test_train_default_reports_the_time_of_every_run_on_a_model(tmp_path):
+    """A resumed (or re-exported) model's card counts the earlier runs too, not only the last one."""
+    from training.train_default import record_minutes
+
+    assert record_minutes(tmp_path / "runs", 12.5) == 12.5
+    assert record_minutes(tmp_path / "runs", 3.0) == 15.5
+    assert record_minutes(tmp_path / "other", 1.0) == 1.0
+
+
 @pytest.mark.parametrize("argv,seed", [([], 0), (["--seed", "1"], 1), (["--seed", "1", "--data_seed", "0"], 0)])
 def test_train_default_builds_its_data_with_the_data_seed(monkeypatch, tmp_path, argv, seed):
     """A second model (e.g. the experiment's judge) trains another seed on an existing dataset."""

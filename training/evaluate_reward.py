@@ -1,6 +1,6 @@
 """Validation figures of every curriculum stage of a reward model on an FGR split.
 
-    python -m training.evaluate_reward [--model diffusers_ext/default] [--data data/fgr_v3] [--split test]
+    python -m training.evaluate_reward [--model diffusers_ext/default] [--data data/fgr_v4] [--split test]
 
 Prints a markdown table (see :mod:`training.metrics` for the definitions) and, with ``--json``,
 writes the figures to a file.
@@ -22,7 +22,7 @@ from training.metrics import evaluate_stages, format_table
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
-    ap.add_argument("--data", type=Path, default=Path("data/fgr_v3"))
+    ap.add_argument("--data", type=Path, default=Path("data/fgr_v4"))
     ap.add_argument("--split", default="test", choices=["train", "val", "test"])
     ap.add_argument("--stages", default="all", help="'all' or a comma list such as 0,5")
     ap.add_argument("--limit", type=int, default=None, help="only the first N items")

@@ -2,9 +2,9 @@
 
     python -m training.train_default            # data -> stage 0..N -> test figures -> diffusers_ext/default
 
-1. builds (or resumes) the FGR dataset in ``data/fgr_v3`` from the offline photo pool (``--sources``:
-   the default pool unless asked; ``all`` adds the opt-in sources of training/data/photos.py; recipe v3:
-   defect families on clean photos, on SR outputs and garbage; ``--train_items``, 7,000 by default),
+1. builds (or resumes) the FGR dataset in ``data/fgr_v4`` from the offline photos (``--sources``: all
+   of training/data/photos.py unless asked; recipe v3: defect families on clean photos, on SR outputs
+   and garbage; ``--train_items``, 20,000 by default: FGR-20k), in one worker process per core,
 2. trains curriculum stages 0..N one after the other (``training/train_reward.py``, with garbage
    negatives; ``--train_arg`` passes more flags, e.g. the robustness terms), each stage starting
    from the previous stage's model, on exactly the train items 0..N-1,
@@ -47,19 +47,20 @@ RESULTS = ROOT / "training" / "results"
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=ROOT / "data" / "fgr_v3")
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "fgr_v4")
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "default_rm")
     p.add_argument("--export", type=Path, default=DEFAULT_MODEL_DIR, help="where the final model goes")
-    p.add_argument("--train_items", type=int, default=7000,
-                   help="train triplets (items 0..N-1; the shipped model: 7000; the recipe scales: 20000 is FGR-20k)")
+    p.add_argument("--train_items", type=int, default=20000,
+                   help="train triplets (items 0..N-1; the shipped model: 20000, FGR-20k; the paper's FGR-30k: 30000)")
     p.add_argument("--val_items", type=int, default=300)
     p.add_argument("--test_items", type=int, default=600)
     p.add_argument("--hr_size", type=int, default=192, help="side of the HR crops of the dataset")
-    p.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
-                   help="offline photo sources of the FGR data, comma-separated, or 'all' (adds the opt-in "
-                        "sources " + ",".join(EXTRA_SOURCES) + "; training/data/photos.py); default: %(default)s. "
+    p.add_argument("--sources", default="all",
+                   help="offline photo sources of the FGR data, comma-separated, or 'all' (the default pool "
+                        + ",".join(DEFAULT_SOURCES) + " plus the opt-in sources " + ",".join(EXTRA_SOURCES)
+                        + "; training/data/photos.py); default: %(default)s. "
                         "An existing --data folder must have been built from the same sources")
-    p.add_argument("--steps", default="400,80,80,100,120,150",
+    p.add_argument("--steps", default="900,120,120,150,150,200",
                    help="training steps of stages 0..N, comma-separated (the finest stages matter most)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--stage0_dense_weight", type=float, default=1.0,
@@ -69,6 +70,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--exclude_families", default="",
                    help="train without these families ('protocol' = the generalization benchmark's held-out set)")
     p.add_argument("--num_threads", type=int, default=None, help="torch CPU threads of the trainer")
+    p.add_argument("--lambda_consistency", type=float, default=0.1,
+                   help="weight of train_reward.py's consistency term under invisible changes, every stage "
+                        "(the bundled model: 0.1; 0 = off; README: what it buys and costs)")
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
@@ -118,9 +122,11 @@ validation photo scores 0.9, the first quartile of fully damaged images 0.1. The
   banding, JPEG, aliasing, colour and tone shifts, chroma bleeding, seams, warps), an SR output of a
   degraded copy (Real-ESRGAN x4plus / x4plus-anime, realesr-animevideov3, waifu2x, classical) with
   or without an operator on top, or a garbage image; region swapping with random and superpixel masks.{excluded}
-- Garbage images as training negatives; extra `train_reward.py` arguments: {' '.join(args.train_args) or 'none'}
-  (the consistency and attack terms are off by default: README).
-- Trained by `python -m training.train_default` in {minutes:.0f} minutes on a 2-core CPU.
+- Garbage images as training negatives; consistency under invisible changes (noise up to 2/255, 1-px
+  shift, 1/255 brightness) weighted {args.lambda_consistency:g}; extra `train_reward.py` arguments:
+  {' '.join(args.train_args) or 'none'} (README: what each robustness term buys and costs).
+- Trained by `python -m training.train_default` in {minutes:.0f} minutes on a 2-core CPU (wall time of
+  every run of the command on this model, resumes included, the data build excluded).
 
 ## Test split (photos never used in training)
 
@@ -135,9 +141,20 @@ FGR-30k model.
 """
 
 
+def record_minutes(runs: Path, minutes: float) -> float:
+    """Add this run's wall minutes to those of the earlier runs that trained the model in ``runs``
+    (a resumed or re-exported model reports its whole time, not the last run's); returns the sum."""
+    path = runs / "wall_minutes.json"
+    total = (json.loads(path.read_text())["minutes"] if path.is_file() else 0.0) + minutes
+    runs.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"minutes": total}))
+    tmp.replace(path)
+    return total
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    t0 = time.time()
     counts = {"train": args.train_items, "val": args.val_items, "test": args.test_items}
     data_seed = args.seed if args.data_seed is None else args.data_seed
     if args.shard is not None:  # one data shard only (run one process per shard, then without --shard)
@@ -146,6 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     build_parallel(args.data, counts, args.build_processes or default_processes(), hr_size=args.hr_size,
                    seed=data_seed, sources=args.sources)
+    t0 = time.time()  # the model's time, not the data's
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:
@@ -164,7 +182,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if args.num_threads:
                 argv_s += ["--num_threads", str(args.num_threads)]
             argv_s += ["--train_limit", str(args.train_items)]  # exactly the items asked for, even in a bigger folder
-            argv_s += args.train_args
+            argv_s += ["--lambda_consistency", str(args.lambda_consistency), *args.train_args]
             if init:
                 argv_s += ["--init", init]
             else:
@@ -180,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     test = FGRDataset(args.data, "test")
     rows = evaluate_stages(final, test, range(final.num_stages + 1))
     table = format_table(rows, "test")
-    minutes = (time.time() - t0) / 60
+    minutes = record_minutes(args.runs, (time.time() - t0) / 60)
     args.results.mkdir(parents=True, exist_ok=True)
     (args.results / "default_model.json").write_text(json.dumps({"test": rows, "train_minutes": minutes}, indent=2))
     (args.results / "default_model.md").write_text(table)

@@ -34,7 +34,7 @@ so with the reward model's weights in the checkpoint a resumed run repeats an un
 
 Configured by the ``coevolve`` block of a CCL schedule (off when absent)::
 
-    coevolve: {data: data/fgr_v3, every: 50, items: 8, steps: 10, update: heads, memory: 0}
+    coevolve: {data: data/fgr_v4, every: 50, items: 8, steps: 10, update: heads, memory: 0}
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class CoevolveConfig:
     def from_dict(cls, d: Any, source: str = "schedule") -> "CoevolveConfig":
         where = f"{source}: coevolve"
         if not isinstance(d, dict):
-            raise ValueError(f"{where} must be a mapping, e.g. {{data: data/fgr_v3, every: 50}}")
+            raise ValueError(f"{where} must be a mapping, e.g. {{data: data/fgr_v4, every: 50}}")
         known = {f.name for f in fields(cls)}
         bad = set(d) - known
         if bad:
