@@ -79,11 +79,15 @@ def test_feedforward_run_writes_the_merged_upscaler_for_comfyui(run):
     with safe_open(str(file), "pt") as f:
         assert spandrel_architecture(set(f.keys())) == "Compact"
         assert f.metadata()["finpercep_srnet"] == "realesr-animevideov3-x4"
+    base = FeedForwardSRPolicy.from_pretrained("realesr-animevideov3-x4").eval()
     policy = FeedForwardSRPolicy.from_pretrained("realesr-animevideov3-x4").load_lora(out / "lora").eval()
-    x = torch.rand(1, 3, 16, 16)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        ref, got = policy(x)["images"], load_upscaler(file)(x).clamp(0, 1)
-    assert torch.allclose(ref, got, atol=2e-6)
+        ref, got, untuned = policy(x)["images"], load_upscaler(file)(x).clamp(0, 1), base(x)["images"]
+    # the merge equals the LoRA to float rounding (seen up to ~2e-6 here, depending on the run's
+    # threads), while the LoRA itself moved the output by far more
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    assert (ref - untuned).abs().max() > 1e-3, float((ref - untuned).abs().max())
     card = (out / "lora" / "README.md").read_text()
     assert "models/upscale_models/" in card and file.name in card and "Load Upscale Model" in card
 
