@@ -51,9 +51,9 @@ def test_the_damaged_examples_score_below_their_clean_sources(pipe, clean):
     painterly-smoothed patch (training/make_examples.py), each against its clean source (bundled v4:
     0.89 < 0.92 and 0.82 < 0.84; v3 scored the upscale above the clean photo, 0.94 vs 0.90)."""
     from training.data.photos import photo_pool
-    from training.make_examples import center_crop
+    from training.make_examples import painterly_source
 
-    cat = center_crop({p.id: p for p in photo_pool("test")}["skimage/chelsea"].load(), 288, 1.0)
+    cat = painterly_source({p.id: p for p in photo_pool("test")})
     cat = (np.clip(cat, 0, 1) * 255).round().astype(np.uint8)  # as the example was saved, before the patch
     s = pipe([clean, str(EXAMPLES / "astronaut_realesrgan_x4.png"), cat, str(EXAMPLES / "chelsea_local_painterly.png")],
              output_overlays=False).scores

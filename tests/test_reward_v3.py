@@ -106,7 +106,7 @@ def test_sharded_build_writes_exactly_what_one_process_writes(tmp_path):
 
 
 def test_a_build_in_worker_processes_writes_what_one_process_writes(tmp_path):
-    from training.data.build_fgr import build_parallel
+    from training.data.build_fgr import build_parallel, missing_items
 
     one = _build(tmp_path / "one")
     kw = dict(hr_size=64, seed=5, feature="ssim", pixel_scale=0.1, feature_scale=0.3, pool=FAST_POOL, progress=False)
@@ -115,6 +115,8 @@ def test_a_build_in_worker_processes_writes_what_one_process_writes(tmp_path):
         "manifest.shard0-of-2.jsonl", "manifest.shard1-of-2.jsonl"]  # the two workers did the work
     a, b = read_manifest(one), read_manifest(two)
     assert a == b and len(a) == 11
+    assert missing_items(two, {"train": 7, "val": 2, "test": 2}) == []
+    assert missing_items(two, {"train": 8, "test": 3}) == ["train/000007", "test/000002"]
     for key in a:
         assert filecmp.cmp(one / f"{key}_syn.png", two / f"{key}_syn.png", shallow=False)
     with pytest.raises(ValueError, match="pass no shard"):

@@ -34,6 +34,11 @@ def center_crop(img: np.ndarray, size: int, scale: float) -> np.ndarray:
     return np.ascontiguousarray(img[y:y + size, x:x + size])
 
 
+def painterly_source(photos: dict) -> np.ndarray:
+    """The clean crop of the cat that ``chelsea_local_painterly.png`` smooths a patch of (float, 288 px)."""
+    return center_crop(photos["skimage/chelsea"].load(), 288, 1.0)
+
+
 def save(img: np.ndarray, name: str) -> None:
     arr = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
     path = OUT / name
@@ -55,7 +60,7 @@ def main() -> int:
     butterfly = center_crop(photos["opencv/butterfly.jpg"].load(), 352, 1.0)
     lr = degrade(butterfly, 4, np.random.default_rng(7))
     save(NetworkSR("realesr-animevideov3-x4")(lr, rng), "butterfly_animevideov3_x4.png")
-    cat = center_crop(photos["skimage/chelsea"].load(), 288, 1.0)
+    cat = painterly_source(photos)
     painted = ARTIFACTS["painterly_smooth"](cat, np.random.default_rng(3), 1.0)
     mask = np.zeros(cat.shape[:2], np.float32)
     mask[PAINTERLY_BOX] = 1.0

@@ -41,6 +41,17 @@ def item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, SPLIT_CODE[split], index])
 
 
+def item_id(split: str, index: int) -> str:
+    """The id of item ``index`` of ``split`` in the manifest (``train/000042``)."""
+    return f"{split}/{index:06d}"
+
+
+def missing_items(out: Path, counts: dict[str, int]) -> list[str]:
+    """Ids of the items ``counts`` asks for that no manifest of ``out`` lists yet."""
+    done = read_manifest(out)
+    return [item_id(s, i) for s in SPLITS for i in range(counts.get(s, 0)) if item_id(s, i) not in done]
+
+
 class PhotoCache:
     """Photos decoded once and kept as uint8 (a 2560x1600 photo is 12 MB)."""
 
@@ -333,7 +344,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
     _rewrite_manifest(out / name)
     done = read_manifest(out)
     every = [(s, i) for s in SPLITS for i in range(counts.get(s, 0))]
-    todo = [(s, i) for k, (s, i) in enumerate(every) if k % shard_n == shard_i and f"{s}/{i:06d}" not in done]
+    todo = [(s, i) for k, (s, i) in enumerate(every) if k % shard_n == shard_i and item_id(s, i) not in done]
     desc = "building FGR triplets" + (f" (shard {shard_i}/{shard_n})" if shard_n > 1 else "")
     with open(out / name, "a") as manifest:
         for split, i in tqdm(todo, desc=desc, disable=not progress):
@@ -350,7 +361,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
                 _save_png(t[key], Path(f"{stem}_{key}.png"))
             _save_png(mgt, Path(f"{stem}_mgt.png"), bits=16)
             changed = (mgt > CHANGED_THRESHOLD) & (t["mask"] > 0.5)
-            rec = {"id": f"{split}/{i:06d}", "split": split, "index": i, "photo": photo.id,
+            rec = {"id": item_id(split, i), "split": split, "index": i, "photo": photo.id,
                    "sr_method": t.get("sr_method"), "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
                    "degradation": t.get("degradation"), "base": t["base"], "families": t["families"],
                    "operators": t.get("operators"), "garbage": t.get("garbage"),
@@ -400,7 +411,9 @@ def build_parallel(out: Path, counts: dict[str, int], processes: int, progress: 
         if failed:
             raise RuntimeError(f"FGR build in {out}: shard(s) {', '.join(failed)} failed (the error is printed "
                                "above); the finished items are kept, rerun the same command to resume")
-    # one process: everything; after the workers: nothing left but the check that every item is there
+        if not missing_items(Path(out), counts):
+            return out
+    # one process: everything; after the workers, only what they left (none, unless one was killed)
     return build(out, counts, progress=progress, **kwargs)
 
 
