@@ -38,3 +38,24 @@ def photo() -> np.ndarray:
 
     img = data.astronaut().astype(np.float32) / 255.0
     return resize(img, (256, 256), anti_aliasing=True).astype(np.float32)
+
+
+def run_launch(cmd: list, env: dict, timeout: float, cwd: str):
+    """``subprocess.run`` for multi-process launches: on a timeout the whole process group gets SIGABRT
+    with ``PYTHONFAULTHANDLER=1``, so the failure shows every process's Python stack (where it hung)."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, env={**env, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGABRT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+        pytest.fail(f"{cmd[2:4]} ran past {timeout:.0f} s; the stacks of its processes:\n{err[-8000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_launch
 from fixture_models import make_detector_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def launch_two(tmp_path: Path, out: Path, port: int, steps: int, checkpointing_s
            "--validation_images", "1", "--validation_steps", "0", "--checkpointing_steps", str(checkpointing_steps),
            "--no_brisque", "--learning_rate", "1e-2", "--refl_loss", "neg", "--grad_scale", "1", "--report_to", "none",
            "--num_threads", "1", "--output_dir", str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400, cwd=str(tmp_path))
+    proc = run_launch(cmd, env, timeout=400, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_tiny_model
+from conftest import make_tiny_model, run_launch
 from training.data.build_fgr import build
 from training.data.sr_pool import ArtifactSR, ClassicalSR
 
@@ -66,7 +65,7 @@ def _run(root: Path, out: Path, processes: int, batch: int) -> dict:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", port, *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(root))
+    proc = run_launch(cmd, env, timeout=300, cwd=str(root))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((out / "result.json").read_text())
 
