@@ -127,6 +127,18 @@ def test_a_build_in_worker_processes_writes_what_one_process_writes(tmp_path):
         build_parallel(tmp_path / "bad", {"train": 7, "val": 2, "test": 2}, 2, threads=1, **bad)
 
 
+def test_a_one_process_build_runs_at_the_threads_asked_for_and_restores_them(monkeypatch, tmp_path):
+    from training.data import build_fgr
+
+    seen = []
+    monkeypatch.setattr(build_fgr, "build", lambda out, counts, **kw: seen.append(torch.get_num_threads()) or out)
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    build_fgr.build_parallel(tmp_path, {"train": 1}, 1, threads=want)
+    build_fgr.build_parallel(tmp_path, {"train": 1}, 1)
+    assert seen == [want, before] and torch.get_num_threads() == before
+
+
 def test_build_processes_split_the_machines_cores(monkeypatch):
     from training.data.build_fgr import build_threads
 

@@ -381,7 +381,8 @@ def _build_shard(threads: int, out: Path, counts: dict[str, int], kwargs: dict) 
 def build_parallel(out: Path, counts: dict[str, int], processes: int, progress: bool = True,
                    threads: Optional[int] = None, **kwargs: Any) -> Path:
     """:func:`build` in ``processes`` worker processes on this machine (shards ``i/processes``, the
-    cores split among them unless ``threads`` per worker is given), then one pass that checks every
+    cores split among them unless ``threads`` per worker is given; with one process ``threads`` is
+    this process's torch threads for the build), then one pass that checks every
     item is there; returns ``out``.
 
     Exactly the files of a one-process build; resumable like it. A worker that fails stops the
@@ -414,7 +415,13 @@ def build_parallel(out: Path, counts: dict[str, int], processes: int, progress: 
         if not missing_items(Path(out), counts):
             return out
     # one process: everything; after the workers, only what they left (none, unless one was killed)
-    return build(out, counts, progress=progress, **kwargs)
+    previous = torch.get_num_threads()
+    if processes == 1 and threads:
+        torch.set_num_threads(threads)
+    try:
+        return build(out, counts, progress=progress, **kwargs)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def default_processes() -> int:
@@ -468,9 +475,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         build(args.out, counts, shard=parse_shard(args.shard), **kwargs)
     else:
         processes = args.processes or default_processes()
-        if processes == 1:
-            torch.set_num_threads(build_threads(args.threads, None))
-        build_parallel(args.out, counts, processes, threads=args.threads, **kwargs)
+        threads = build_threads(args.threads, None) if processes == 1 else args.threads
+        build_parallel(args.out, counts, processes, threads=threads, **kwargs)
     print(f"dataset ready in {args.out}", file=sys.stderr)
     return 0
 
