@@ -163,6 +163,31 @@ def test_stage0_dense_supervision_trains_decoder_but_stage0_stays_global(fgr, tm
     assert float(m(torch.rand(1, 3, 48, 48)).pdm.max()) == 0.0
 
 
+def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothing_else(fgr, tmp_path):
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+    from training.train_reward import build_model, param_groups, parse_args
+
+    _train(fgr, tmp_path / "s0", 0, 2)
+    _train(fgr, tmp_path / "s1", 1, 2, init=str(tmp_path / "s0" / "model"))
+    s1 = str(tmp_path / "s1" / "model")
+    _train(fgr, tmp_path / "joint", 1, 2, init=s1, extra=["--joint"])
+    before = FinPercepRM.from_pretrained(s1).state_dict()
+    after = FinPercepRM.from_pretrained(tmp_path / "joint" / "model").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    for part in ("encoder.", "score_heads.0.", "score_heads.1.", "decoder.0."):
+        assert any(k.startswith(part) for k in changed), f"the joint run left {part} untouched"
+    assert not any(k.startswith(("decoder.1.", "score_heads.2.")) for k in changed), "it trained a later stage"
+    # the encoder learns at --encoder_lr_scale times the learning rate, the heads at the learning rate
+    args = parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=s1, extra=["--joint", "--encoder_lr_scale", "0.25",
+                                                                       "--learning_rate", "0.01"]))
+    model = build_model(args)
+    heads, enc = param_groups(model, args)
+    assert enc["lr"] == pytest.approx(0.0025) and "lr" not in heads
+    assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
+    with pytest.raises(SystemExit):
+        parse_args(_argv(fgr, tmp_path / "x", 0, 1, extra=["--joint"]))  # stage 0 has nothing to join
+
+
 def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):
     """An oracle that reads M_gt must get AUROC 1 and a constant map 0.5: the metric measures."""
     ds = FGRDataset(fgr, "test")

@@ -341,3 +341,31 @@ def test_train_default_builds_its_data_with_the_data_seed(monkeypatch, tmp_path,
     with pytest.raises(RuntimeError, match="stop after"):
         train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"), *argv])
     assert seen["seed"] == seed
+
+
+@pytest.mark.parametrize("joint_steps", [0, 7])
+def test_train_default_appends_a_joint_run_on_the_last_stage_when_asked(monkeypatch, tmp_path, joint_steps):
+    from training import train_default
+
+    runs = []
+    monkeypatch.setattr(train_default, "build_parallel", lambda *a, **k: None)
+    monkeypatch.setattr(train_default.train_reward, "main", lambda argv: runs.append(argv))
+
+    def stop(path, *a, **k):
+        raise RuntimeError(f"stop before loading {path}")
+
+    monkeypatch.setattr(train_default.FinPercepRM, "from_pretrained", stop)
+    n = train_default.FinPercepRM().num_stages
+    with pytest.raises(RuntimeError, match="stop before loading") as info:
+        train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"),
+                            "--joint_steps", str(joint_steps)])
+    flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
+    assert len(runs) == n + 1 + (joint_steps > 0)
+    assert not any("--joint" in argv for argv in runs[:n + 1])
+    if joint_steps:
+        joint = runs[-1]
+        assert "--joint" in joint and flag(joint, "--stage") == str(n) and flag(joint, "--max_steps") == "7"
+        assert flag(joint, "--init") == str(tmp_path / "r" / f"stage{n}" / "model")
+        assert flag(joint, "--output_dir") == str(tmp_path / "r" / "joint")
+    final = "joint" if joint_steps else f"stage{n}"
+    assert str(tmp_path / "r" / final / "model") in str(info.value)  # the model calibrated and exported

@@ -7,7 +7,8 @@
    and garbage; ``--train_items``, 20,000 by default: FGR-20k), in one worker process per core,
 2. trains curriculum stages 0..N one after the other (``training/train_reward.py``, with garbage
    negatives; ``--train_arg`` passes more flags, e.g. the robustness terms), each stage starting
-   from the previous stage's model, on exactly the train items 0..N-1,
+   from the previous stage's model, on exactly the train items 0..N-1 (``--joint_steps K``: then K
+   steps of every stage and the encoder together, ``train_reward --joint``),
 3. calibrates the score of every stage on the validation split (``training/calibration.py``),
 4. evaluates every stage on the test split (photos never seen in training),
 5. exports the final model (all stages in one checkpoint, default stage N) with a model card to
@@ -73,6 +74,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--lambda_consistency", type=float, default=0.1,
                    help="weight of train_reward.py's consistency term under invisible changes, every stage "
                         "(the bundled model: 0.1; 0 = off; README: what it buys and costs)")
+    p.add_argument("--joint_steps", type=int, default=0,
+                   help="after the last stage, this many steps of every stage trained together with the encoder "
+                        "(train_reward --joint, in <runs>/joint); 0: none")
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
@@ -168,21 +172,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.num_stages = FinPercepRM().num_stages
     if len(args.steps.split(",")) != args.num_stages + 1:
         raise SystemExit(f"--steps needs {args.num_stages + 1} comma-separated counts (stages 0..{args.num_stages})")
-    for stage in range(args.num_stages + 1):
-        out = args.runs / f"stage{stage}"
+    runs = [(f"stage{k}", k, int(args.steps.split(",")[k])) for k in range(args.num_stages + 1)]
+    if args.joint_steps > 0:
+        runs.append(("joint", args.num_stages, args.joint_steps))
+    for i, (name, stage, steps) in enumerate(runs):  # i: the run's seed offset (= the stage, then N + 1)
+        out = args.runs / name
         if (out / "result.json").is_file() and (out / "model" / "config.json").is_file():
-            print(f"stage {stage}: done already ({out})", file=sys.stderr)
+            print(f"{name}: done already ({out})", file=sys.stderr)
         else:
-            steps = int(args.steps.split(",")[stage])
             argv_s = ["--data", str(args.data), "--stage", str(stage), "--output_dir", str(out),
                       "--max_steps", str(steps), "--batch_size", str(args.batch_size), "--crop", str(args.crop),
-                      "--seed", str(args.seed + stage), "--resume_from_checkpoint", "latest",
+                      "--seed", str(args.seed + i), "--resume_from_checkpoint", "latest",
                       "--checkpointing_steps", "50", "--validation_steps", str(max(steps // 2, 1)),
                       "--exclude_families", args.exclude_families]
             if args.num_threads:
                 argv_s += ["--num_threads", str(args.num_threads)]
             argv_s += ["--train_limit", str(args.train_items)]  # exactly the items asked for, even in a bigger folder
             argv_s += ["--lambda_consistency", str(args.lambda_consistency), *args.train_args]
+            if name == "joint":
+                argv_s += ["--joint"]
             if init:
                 argv_s += ["--init", init]
             else:

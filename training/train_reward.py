@@ -88,6 +88,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--stage0_dense_weight", type=float, default=0.0,
                    help="stage 0: also train the encoder and every decoder level on the map losses (deep "
                         "supervision, OURS). Stage 0 still outputs no map; later stages start from these levels")
+    g.add_argument("--joint", action="store_true",
+                   help="train stages 0..--stage together, the encoder too (at --encoder_lr_scale x the learning "
+                        "rate, BatchNorm statistics frozen): the loss is the mean of every stage's loss on one "
+                        "shared encoding (OURS: the encoder trained past stage 0; needs --init)")
+    g.add_argument("--encoder_lr_scale", type=float, default=0.1, help="--joint: the encoder's share of the lr")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
                    help="stage 0: target score of pristine GT (fixes the scale every later stage aligns to)")
     g = p.add_argument_group("robustness (reward model v3; 0 switches a term off; see README for what each cost)")
@@ -135,6 +140,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stage > 0 and not args.init:
         p.error("--init (the previous stage's model folder) is required for stage >= 1")
+    if args.joint and (args.stage < 1 or not args.init):
+        p.error("--joint trains the stages of a trained model together: give --stage >= 1 and --init")
     if args.learning_rate is None:
         args.learning_rate = 3e-4 if args.stage == 0 else 1e-3
     args.exclude = parse_families(args.exclude_families)
@@ -165,11 +172,23 @@ def build_model(args: argparse.Namespace) -> FinPercepRM:
         raise ValueError(f"--stage {args.stage} but the model has stages 0..{model.num_stages}")
     model.set_default_stage(args.stage)  # the saved checkpoint opens at the stage it was trained for
     model.requires_grad_(False)
-    for prm in model.stage_parameters(args.stage):
-        prm.requires_grad_(True)
+    for stage in range(args.stage + 1) if args.joint else (args.stage,):
+        for prm in model.stage_parameters(stage):
+            prm.requires_grad_(True)
     if args.stage == 0 and args.stage0_dense_weight > 0:
         model.decoder.requires_grad_(True)  # warm start of every map level; stage 0 itself has no map
     return model
+
+
+def param_groups(model: FinPercepRM, args: argparse.Namespace) -> list[dict]:
+    """The optimizer's parameter groups: the trainable parameters at the learning rate, except the
+    encoder's under ``--joint``, at ``--encoder_lr_scale`` times it."""
+    enc = {id(p) for p in model.encoder.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not args.joint:
+        return [{"params": trainable}]
+    return [{"params": [p for p in trainable if id(p) not in enc]},
+            {"params": [p for p in trainable if id(p) in enc], "lr": args.learning_rate * args.encoder_lr_scale}]
 
 
 def ranking_loss(s_gt: torch.Tensor, s_syn: torch.Tensor, s_sr: torch.Tensor, m1: float, m2: float,
@@ -240,15 +259,23 @@ def robustness_inputs(model: FinPercepRM, batch: dict[str, torch.Tensor], args: 
     return out
 
 
-def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
-    """All loss terms of one batch at ``args.stage``; ``loss`` is their weighted sum. ``batch`` may
-    hold the extra images of :func:`robustness_inputs` (``gt_p``, ``sr_p``, ``adv``, ``garbage``)."""
-    n = batch["gt"].shape[0]
+def _stack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, slice], torch.Tensor]:
+    """The images of a batch stacked into one tensor, and which rows are which."""
     names = [k for k in ("gt", "syn", "sr", "gt_p", "sr_p", "adv", "garbage") if k in batch]
-    lay = _layout({k: batch[k].shape[0] for k in names})
-    x = torch.cat([batch[k] for k in names])
-    stage = args.stage
-    feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
+    return _layout({k: batch[k].shape[0] for k in names}), torch.cat([batch[k] for k in names])
+
+
+def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace,
+               stage: Optional[int] = None, feats: Optional[list[torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """All loss terms of one batch at ``stage`` (default ``args.stage``); ``loss`` is their weighted
+    sum. ``batch`` may hold the extra images of :func:`robustness_inputs` (``gt_p``, ``sr_p``,
+    ``adv``, ``garbage``); ``feats``, the encoding of its stacked images, is computed (with gradient
+    at stage 0 only) unless given."""
+    n = batch["gt"].shape[0]
+    lay, x = _stack(batch)
+    stage = args.stage if stage is None else stage
+    if feats is None:
+        feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
     size = tuple(x.shape[-2:])
     score, _, logits = model.predict(feats, size, stage)
     s = {k: score[sl] for k, sl in lay.items()}
@@ -318,6 +345,18 @@ def map_terms(model: FinPercepRM, logits: torch.Tensor, lay: dict[str, slice], s
     return out
 
 
+def joint_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
+    """``--joint``: the mean of the losses of stages 0..``args.stage`` on one encoding that keeps its
+    gradient, so the encoder learns from every stage's maps while each head keeps its own targets;
+    the terms reported are the last stage's, plus ``loss_s<k>`` for each stage."""
+    feats = model.encode(_stack(batch)[1])
+    per = [stage_loss(model, batch, args, stage=k, feats=feats) for k in range(args.stage + 1)]
+    terms = dict(per[-1])
+    terms.update({f"loss_s{k}": t["loss"] for k, t in enumerate(per)})
+    terms["loss"] = torch.stack([t["loss"] for t in per]).mean()
+    return terms
+
+
 class StageObjective(nn.Module):
     """The model and its stage loss as one module, so ``accelerator.prepare`` wraps the loss
     computation itself: under DDP the gradients of every step are all-reduced across processes
@@ -328,7 +367,7 @@ class StageObjective(nn.Module):
         self.model, self.args = model, args
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return stage_loss(self.model, batch, self.args)
+        return (joint_loss if self.args.joint else stage_loss)(self.model, batch, self.args)
 
 
 @torch.no_grad()
@@ -367,7 +406,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if args.exclude:
         logger.info("excluding families %s: %d train items left", ",".join(args.exclude), len(train_set))
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
     from diffusers.optimization import get_scheduler
 
     # the prepared scheduler steps once per process and step: count in process-steps
@@ -488,6 +527,8 @@ def model_card(args: argparse.Namespace, repo_id: str, result: dict):
     figures = result["validation"][-1] if result["validation"] else {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in figures.items() if k != "step" and isinstance(v, float))
     start = f"`{args.init}` (stage {args.stage - 1})" if args.init else "a new model"
+    trained = (f"stages 0..{args.stage} and the encoder were trained together last (`--joint`), starting from "
+               f"`{args.init}`" if args.joint else f"stage {args.stage} was trained last, starting from {start}")
     return ModelCard(f"""---
 {data.to_yaml()}
 ---
@@ -496,7 +537,7 @@ def model_card(args: argparse.Namespace, repo_id: str, result: dict):
 
 A FinPercep-RM fine-grained perceptual reward model: a global quality score (higher = better) and a
 Perceptual Degradation Map (per pixel, in [0, 1], higher = more degraded). This checkpoint holds
-every curriculum stage up to {args.stage}; stage {args.stage} was trained last, starting from {start}.
+every curriculum stage up to {args.stage}; {trained}.
 
 ## Use
 
