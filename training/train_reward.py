@@ -64,7 +64,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--max_steps", type=int, default=600)
     g.add_argument("--batch_size", type=int, default=8, help="triplets per step and process")
     g.add_argument("--crop", type=int, default=192, help="random crop side in px")
-    g.add_argument("--learning_rate", type=float, default=None, help="default 3e-4 (stage 0) / 1e-3 (stages >= 1)")
+    g.add_argument("--learning_rate", type=float, default=None, help="default 3e-4 (stage 0, and --joint: a fine-tune of trained heads) / 1e-3 (stages >= 1)")
     g.add_argument("--weight_decay", type=float, default=1e-4)
     g.add_argument("--warmup_steps", type=int, default=30)
     g.add_argument("--lr_scheduler", default="cosine",
@@ -92,7 +92,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="train stages 0..--stage together, the encoder too (at --encoder_lr_scale x the learning "
                         "rate, BatchNorm statistics frozen): the loss is the mean of every stage's loss on one "
                         "shared encoding (OURS: the encoder trained past stage 0; needs --init)")
-    g.add_argument("--encoder_lr_scale", type=float, default=0.1, help="--joint: the encoder's share of the lr")
+    g.add_argument("--encoder_lr_scale", type=float, default=0.3,
+                   help="--joint: the encoder's share of the lr (0.3 x 3e-4: a third of its stage-0 rate)")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
                    help="stage 0: target score of pristine GT (fixes the scale every later stage aligns to)")
     g = p.add_argument_group("robustness (reward model v3; 0 switches a term off; see README for what each cost)")
@@ -143,7 +144,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     if args.joint and (args.stage < 1 or not args.init):
         p.error("--joint trains the stages of a trained model together: give --stage >= 1 and --init")
     if args.learning_rate is None:
-        args.learning_rate = 3e-4 if args.stage == 0 else 1e-3
+        args.learning_rate = 3e-4 if args.stage == 0 or args.joint else 1e-3
     args.exclude = parse_families(args.exclude_families)
     return args
 
