@@ -184,6 +184,9 @@ def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothin
     heads, enc = param_groups(model, args)
     assert enc["lr"] == pytest.approx(0.0025) and "lr" not in heads
     assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
+    # by default a joint run fine-tunes trained heads at stage 0's rate, not a new head's 1e-3
+    assert parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=s1, extra=["--joint"])).learning_rate == pytest.approx(3e-4)
+    assert parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=s1)).learning_rate == pytest.approx(1e-3)
     with pytest.raises(SystemExit):
         parse_args(_argv(fgr, tmp_path / "x", 0, 1, extra=["--joint"]))  # stage 0 has nothing to join
 
