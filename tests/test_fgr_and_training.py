@@ -191,6 +191,33 @@ def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothin
         parse_args(_argv(fgr, tmp_path / "x", 0, 1, extra=["--joint"]))  # stage 0 has nothing to join
 
 
+@pytest.mark.parametrize("joint_encoder", ["all", "maps"])
+def test_a_joint_run_can_keep_the_scores_gradient_out_of_the_encoder(fgr, tmp_path, joint_encoder):
+    """``--joint_encoder maps``: the score terms reach the heads but not the encoder; the map terms
+    still train it. ``all``: both do."""
+    from training.data.fgr_dataset import collate
+    from training.train_reward import build_model, joint_loss, parse_args
+
+    _train(fgr, tmp_path / "s0", 0, 1)
+    _train(fgr, tmp_path / "s1", 1, 1, init=str(tmp_path / "s0" / "model"))
+    args = parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=str(tmp_path / "s1" / "model"),
+                            extra=["--joint", "--joint_encoder", joint_encoder]))
+    model = build_model(args)
+    model.encoder.eval()
+    ds = FGRDataset(fgr, "train", crop=48)
+    terms = joint_loss(model, collate([ds[i] for i in range(2)]), args)
+    enc = [p for p in model.encoder.parameters() if p.requires_grad]
+
+    def grad_norm(term: str, params: list) -> float:
+        grads = torch.autograd.grad(terms[term], params, retain_graph=True, allow_unused=True)
+        return sum(float(g.abs().sum()) for g in grads if g is not None)
+
+    heads = [p for p in model.score_heads.parameters() if p.requires_grad]
+    assert float(terms["rank"].detach()) > 0 and grad_norm("rank", heads) > 0  # the score terms train the heads
+    assert grad_norm("loss_s1", enc) > 0  # the maps always reach the encoder
+    assert (grad_norm("rank", enc) > 0) == (joint_encoder == "all")
+
+
 def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):
     """An oracle that reads M_gt must get AUROC 1 and a constant map 0.5: the metric measures."""
     ds = FGRDataset(fgr, "test")

@@ -92,6 +92,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="train stages 0..--stage together, the encoder too (at --encoder_lr_scale x the learning "
                         "rate, BatchNorm statistics frozen): the loss is the mean of every stage's loss on one "
                         "shared encoding (OURS: the encoder trained past stage 0; needs --init)")
+    g.add_argument("--joint_encoder", choices=["all", "maps"], default="all",
+                   help="--joint: what trains the encoder: every loss term, or the map losses only (the scores "
+                        "then see the encoding without its gradient)")
     g.add_argument("--encoder_lr_scale", type=float, default=0.3,
                    help="--joint: the encoder's share of the lr (0.3 x 3e-4: a third of its stage-0 rate)")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
@@ -267,11 +270,13 @@ def _stack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, slice], torch.Tens
 
 
 def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace,
-               stage: Optional[int] = None, feats: Optional[list[torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+               stage: Optional[int] = None, feats: Optional[list[torch.Tensor]] = None,
+               score_feats: Optional[list[torch.Tensor]] = None) -> dict[str, torch.Tensor]:
     """All loss terms of one batch at ``stage`` (default ``args.stage``); ``loss`` is their weighted
     sum. ``batch`` may hold the extra images of :func:`robustness_inputs` (``gt_p``, ``sr_p``,
     ``adv``, ``garbage``); ``feats``, the encoding of its stacked images, is computed (with gradient
-    at stage 0 only) unless given."""
+    at stage 0 only) unless given; ``score_feats``, when given, is the encoding the scores are
+    computed from (the maps still come from ``feats``)."""
     n = batch["gt"].shape[0]
     lay, x = _stack(batch)
     stage = args.stage if stage is None else stage
@@ -279,6 +284,8 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
         feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
     size = tuple(x.shape[-2:])
     score, _, logits = model.predict(feats, size, stage)
+    if score_feats is not None:
+        score = model.predict(score_feats, size, stage)[0]
     s = {k: score[sl] for k, sl in lay.items()}
     weight = perceptibility(batch["mgt"], batch["mask"], args.rank_floor) if args.rank_floor > 0 else None
     terms = {"rank": ranking_loss(s["gt"], s["syn"], s["sr"], args.margin_sr, args.margin_syn, weight)}
@@ -349,9 +356,13 @@ def map_terms(model: FinPercepRM, logits: torch.Tensor, lay: dict[str, slice], s
 def joint_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> dict[str, torch.Tensor]:
     """``--joint``: the mean of the losses of stages 0..``args.stage`` on one encoding that keeps its
     gradient, so the encoder learns from every stage's maps while each head keeps its own targets;
-    the terms reported are the last stage's, plus ``loss_s<k>`` for each stage."""
+    the terms reported are the last stage's, plus ``loss_s<k>`` for each stage. ``--joint_encoder
+    maps``: the scores are computed from the encoding without its gradient, so only the maps train
+    the encoder."""
     feats = model.encode(_stack(batch)[1])
-    per = [stage_loss(model, batch, args, stage=k, feats=feats) for k in range(args.stage + 1)]
+    score_feats = [f.detach() for f in feats] if args.joint_encoder == "maps" else None
+    per = [stage_loss(model, batch, args, stage=k, feats=feats, score_feats=score_feats)
+           for k in range(args.stage + 1)]
     terms = dict(per[-1])
     terms.update({f"loss_s{k}": t["loss"] for k, t in enumerate(per)})
     terms["loss"] = torch.stack([t["loss"] for t in per]).mean()
