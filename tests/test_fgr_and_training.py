@@ -165,7 +165,7 @@ def test_stage0_dense_supervision_trains_decoder_but_stage0_stays_global(fgr, tm
 
 def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothing_else(fgr, tmp_path):
     from diffusers_ext.models.finpercep_rm import FinPercepRM
-    from training.train_reward import build_model, param_groups, parse_args
+    from training.train_reward import build_model, model_card, param_groups, parse_args
 
     _train(fgr, tmp_path / "s0", 0, 2)
     _train(fgr, tmp_path / "s1", 1, 2, init=str(tmp_path / "s0" / "model"))
@@ -184,6 +184,11 @@ def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothin
     heads, enc = param_groups(model, args)
     assert enc["lr"] == pytest.approx(0.0025) and "lr" not in heads
     assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
+    # the model card says how the checkpoint was trained
+    result = json.loads((tmp_path / "joint" / "result.json").read_text())
+    for mode, words in (("all", "trained together last (`--joint`)"), ("maps", "moved by the map losses only")):
+        a = parse_args(_argv(fgr, tmp_path / "joint", 1, 2, init=s1, extra=["--joint", "--joint_encoder", mode]))
+        assert words in str(model_card(a, "user/rm-joint", result))
     # by default a joint run fine-tunes trained heads at stage 0's rate, not a new head's 1e-3
     assert parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=s1, extra=["--joint"])).learning_rate == pytest.approx(3e-4)
     assert parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=s1)).learning_rate == pytest.approx(1e-3)

@@ -539,8 +539,9 @@ def model_card(args: argparse.Namespace, repo_id: str, result: dict):
     figures = result["validation"][-1] if result["validation"] else {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in figures.items() if k != "step" and isinstance(v, float))
     start = f"`{args.init}` (stage {args.stage - 1})" if args.init else "a new model"
-    trained = (f"stages 0..{args.stage} and the encoder were trained together last (`--joint`), starting from "
-               f"`{args.init}`" if args.joint else f"stage {args.stage} was trained last, starting from {start}")
+    moved_by = " (the encoder moved by the map losses only)" if args.joint_encoder == "maps" else ""
+    trained = (f"stages 0..{args.stage} and the encoder were trained together last (`--joint`{moved_by}), "
+               f"starting from `{args.init}`" if args.joint else f"stage {args.stage} was trained last, starting from {start}")
     return ModelCard(f"""---
 {data.to_yaml()}
 ---
