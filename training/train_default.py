@@ -170,9 +170,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     t0 = time.time()  # the model's time, not the data's
     init: Optional[str] = None
     args.num_stages = FinPercepRM().num_stages
-    if len(args.steps.split(",")) != args.num_stages + 1:
+    stage_steps = [int(n) for n in args.steps.split(",")]
+    if len(stage_steps) != args.num_stages + 1:
         raise SystemExit(f"--steps needs {args.num_stages + 1} comma-separated counts (stages 0..{args.num_stages})")
-    runs = [(f"stage{k}", k, int(args.steps.split(",")[k])) for k in range(args.num_stages + 1)]
+    runs = [(f"stage{k}", k, n) for k, n in enumerate(stage_steps)]
     if args.joint_steps > 0:
         runs.append(("joint", args.num_stages, args.joint_steps))
     for i, (name, stage, steps) in enumerate(runs):  # i: the run's seed offset (= the stage, then N + 1)

@@ -263,10 +263,17 @@ def robustness_inputs(model: FinPercepRM, batch: dict[str, torch.Tensor], args: 
     return out
 
 
-def _stack(batch: dict[str, torch.Tensor]) -> tuple[dict[str, slice], torch.Tensor]:
-    """The images of a batch stacked into one tensor, and which rows are which."""
-    names = [k for k in ("gt", "syn", "sr", "gt_p", "sr_p", "adv", "garbage") if k in batch]
-    return _layout({k: batch[k].shape[0] for k in names}), torch.cat([batch[k] for k in names])
+_IMAGES = ("gt", "syn", "sr", "gt_p", "sr_p", "adv", "garbage")
+
+
+def _rows(batch: dict[str, torch.Tensor]) -> dict[str, slice]:
+    """Which rows of :func:`_stack`'s tensor hold which images of the batch."""
+    return _layout({k: batch[k].shape[0] for k in _IMAGES if k in batch})
+
+
+def _stack(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The images of a batch stacked into one tensor, in the order of :func:`_rows`."""
+    return torch.cat([batch[k] for k in _IMAGES if k in batch])
 
 
 def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace,
@@ -278,13 +285,16 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     at stage 0 only) unless given; ``score_feats``, when given, is the encoding the scores are
     computed from (the maps still come from ``feats``)."""
     n = batch["gt"].shape[0]
-    lay, x = _stack(batch)
+    lay = _rows(batch)
     stage = args.stage if stage is None else stage
     if feats is None:
+        x = _stack(batch)
         feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
-    size = tuple(x.shape[-2:])
-    score, _, logits = model.predict(feats, size, stage)
-    if score_feats is not None:
+    size = tuple(batch["gt"].shape[-2:])
+    if score_feats is None:
+        score, _, logits = model.predict(feats, size, stage)
+    else:
+        logits = model.decode_logits(feats, stage)
         score = model.predict(score_feats, size, stage)[0]
     s = {k: score[sl] for k, sl in lay.items()}
     weight = perceptibility(batch["mgt"], batch["mask"], args.rank_floor) if args.rank_floor > 0 else None
@@ -359,7 +369,7 @@ def joint_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     the terms reported are the last stage's, plus ``loss_s<k>`` for each stage. ``--joint_encoder
     maps``: the scores are computed from the encoding without its gradient, so only the maps train
     the encoder."""
-    feats = model.encode(_stack(batch)[1])
+    feats = model.encode(_stack(batch))
     score_feats = [f.detach() for f in feats] if args.joint_encoder == "maps" else None
     per = [stage_loss(model, batch, args, stage=k, feats=feats, score_feats=score_feats)
            for k in range(args.stage + 1)]
@@ -417,8 +427,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
         val_set = FGRDataset(args.data, "test", limit=args.validation_items, exclude_families=args.exclude)
     if args.exclude:
         logger.info("excluding families %s: %d train items left", ",".join(args.exclude), len(train_set))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay)
+    groups = param_groups(model, args)
+    params = [p for g in groups for p in g["params"]]
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay)
     from diffusers.optimization import get_scheduler
 
     # the prepared scheduler steps once per process and step: count in process-steps
