@@ -186,7 +186,8 @@ def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothin
     assert {id(p) for p in enc["params"]} == {id(p) for p in model.encoder.parameters()}
     # the model card says how the checkpoint was trained
     result = json.loads((tmp_path / "joint" / "result.json").read_text())
-    for mode, words in (("all", "trained together last (`--joint`)"), ("maps", "moved by the map losses only")):
+    for mode, words in (("all", "trained together last (`--joint`)"), ("maps", "moved by the map losses only"),
+                        ("robust", "moved by the map losses and the robustness terms")):
         a = parse_args(_argv(fgr, tmp_path / "joint", 1, 2, init=s1, extra=["--joint", "--joint_encoder", mode]))
         assert words in str(model_card(a, "user/rm-joint", result))
     # by default a joint run fine-tunes trained heads at stage 0's rate, not a new head's 1e-3
@@ -196,21 +197,24 @@ def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothin
         parse_args(_argv(fgr, tmp_path / "x", 0, 1, extra=["--joint"]))  # stage 0 has nothing to join
 
 
-@pytest.mark.parametrize("joint_encoder", ["all", "maps"])
+@pytest.mark.parametrize("joint_encoder", ["all", "maps", "robust"])
 def test_a_joint_run_can_keep_the_scores_gradient_out_of_the_encoder(fgr, tmp_path, joint_encoder):
     """``--joint_encoder maps``: the score terms reach the heads but not the encoder; the map terms
-    still train it. ``all``: both do."""
+    still train it. ``all``: both do. ``robust``: the consistency term reaches the encoder, the
+    ranking does not."""
     from training.data.fgr_dataset import collate
-    from training.train_reward import build_model, joint_loss, parse_args
+    from training.train_reward import build_model, joint_loss, parse_args, robustness_inputs
 
     _train(fgr, tmp_path / "s0", 0, 1)
     _train(fgr, tmp_path / "s1", 1, 1, init=str(tmp_path / "s0" / "model"))
     args = parse_args(_argv(fgr, tmp_path / "x", 1, 1, init=str(tmp_path / "s1" / "model"),
-                            extra=["--joint", "--joint_encoder", joint_encoder]))
+                            extra=["--joint", "--joint_encoder", joint_encoder, "--lambda_consistency", "0.1"]))
     model = build_model(args)
     model.encoder.eval()
     ds = FGRDataset(fgr, "train", crop=48)
-    terms = joint_loss(model, collate([ds[i] for i in range(2)]), args)
+    batch = collate([ds[i] for i in range(2)])
+    batch.update(robustness_inputs(model, batch, args, step=0))
+    terms = joint_loss(model, batch, args)
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
 
     def grad_norm(term: str, params: list) -> float:
@@ -221,6 +225,8 @@ def test_a_joint_run_can_keep_the_scores_gradient_out_of_the_encoder(fgr, tmp_pa
     assert float(terms["rank"].detach()) > 0 and grad_norm("rank", heads) > 0  # the score terms train the heads
     assert grad_norm("loss_s1", enc) > 0  # the maps always reach the encoder
     assert (grad_norm("rank", enc) > 0) == (joint_encoder == "all")
+    assert float(terms["consistency"].detach()) > 0
+    assert (grad_norm("consistency", enc) > 0) == (joint_encoder in ("all", "robust"))
 
 
 def test_evaluate_stage_separates_a_model_that_knows_the_answer(fgr):

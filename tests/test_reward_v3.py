@@ -361,10 +361,11 @@ def test_train_default_appends_a_joint_run_on_the_last_stage_when_asked(monkeypa
                             "--joint_steps", str(joint_steps)])
     flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     assert len(runs) == n + 1 + (joint_steps > 0)
-    assert not any("--joint" in argv for argv in runs[:n + 1])
+    assert not any("--joint" in argv or "--joint_encoder" in argv for argv in runs[:n + 1])
     if joint_steps:
         joint = runs[-1]
         assert "--joint" in joint and flag(joint, "--stage") == str(n) and flag(joint, "--max_steps") == "7"
+        assert flag(joint, "--joint_encoder") == "maps"  # the default: only the maps move the encoder
         assert flag(joint, "--init") == str(tmp_path / "r" / f"stage{n}" / "model")
         assert flag(joint, "--output_dir") == str(tmp_path / "r" / "joint")
     final = "joint" if joint_steps else f"stage{n}"

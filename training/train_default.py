@@ -7,8 +7,9 @@
    and garbage; ``--train_items``, 20,000 by default: FGR-20k), in one worker process per core,
 2. trains curriculum stages 0..N one after the other (``training/train_reward.py``, with garbage
    negatives; ``--train_arg`` passes more flags, e.g. the robustness terms), each stage starting
-   from the previous stage's model, on exactly the train items 0..N-1 (``--joint_steps K``: then K
-   steps of every stage and the encoder together, ``train_reward --joint``),
+   from the previous stage's model, on exactly the train items 0..N-1, then 200 steps
+   (``--joint_steps``; 0: none) of every stage and the encoder together, only the map losses moving
+   the encoder (``train_reward --joint --joint_encoder maps``),
 3. calibrates the score of every stage on the validation split (``training/calibration.py``),
 4. evaluates every stage on the test split (photos never seen in training),
 5. exports the final model (all stages in one checkpoint, default stage N) with a model card to
@@ -74,9 +75,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--lambda_consistency", type=float, default=0.1,
                    help="weight of train_reward.py's consistency term under invisible changes, every stage "
                         "(the bundled model: 0.1; 0 = off; README: what it buys and costs)")
-    p.add_argument("--joint_steps", type=int, default=0,
+    p.add_argument("--joint_steps", type=int, default=200,
                    help="after the last stage, this many steps of every stage trained together with the encoder "
-                        "(train_reward --joint, in <runs>/joint); 0: none")
+                        "(train_reward --joint, in <runs>/joint; the bundled model v5: 200); 0: none")
+    p.add_argument("--joint_encoder", choices=["all", "maps", "robust"], default="maps",
+                   help="what moves the encoder in the joint run (train_reward --joint_encoder): 'maps' = the "
+                        "map losses only (README: the score terms moving it make the raw score run away)")
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
@@ -102,12 +106,16 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int) -> str:
     meta = json.loads((args.data / "dataset.json").read_text())
     excluded = f"\n- Trained **without** the families: {args.exclude_families}.\n" if args.exclude_families else ""
+    moved = {"all": "every loss", "maps": "the map losses only",
+             "robust": "the map losses and the robustness terms"}[args.joint_encoder]
+    joint = (f", then {args.joint_steps} steps of every stage and the encoder together, the encoder moved by {moved}"
+             if args.joint_steps > 0 else "")
     return f"""---
 library_name: diffusers
 license: apache-2.0
 tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
-# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v4)
+# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v5)
 
 The reward model bundled with the `finpercep` package: a global quality score and a Perceptual
 Degradation Map (per pixel, [0, 1], higher = more degraded). All curriculum stages are in this one
@@ -126,6 +134,7 @@ validation photo scores 0.9, the first quartile of fully damaged images 0.1. The
   banding, JPEG, aliasing, colour and tone shifts, chroma bleeding, seams, warps), an SR output of a
   degraded copy (Real-ESRGAN x4plus / x4plus-anime, realesr-animevideov3, waifu2x, classical) with
   or without an operator on top, or a garbage image; region swapping with random and superpixel masks.{excluded}
+- Curriculum: stages 0..{args.num_stages} one after the other ({args.steps} steps){joint}.
 - Garbage images as training negatives; consistency under invisible changes (noise up to 2/255, 1-px
   shift, 1/255 brightness) weighted {args.lambda_consistency:g}; extra `train_reward.py` arguments:
   {' '.join(args.train_args) or 'none'} (README: what each robustness term buys and costs).
@@ -191,7 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             argv_s += ["--train_limit", str(args.train_items)]  # exactly the items asked for, even in a bigger folder
             argv_s += ["--lambda_consistency", str(args.lambda_consistency), *args.train_args]
             if name == "joint":
-                argv_s += ["--joint"]
+                argv_s += ["--joint", "--joint_encoder", args.joint_encoder]
             if init:
                 argv_s += ["--init", init]
             else:

@@ -92,9 +92,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="train stages 0..--stage together, the encoder too (at --encoder_lr_scale x the learning "
                         "rate, BatchNorm statistics frozen): the loss is the mean of every stage's loss on one "
                         "shared encoding (OURS: the encoder trained past stage 0; needs --init)")
-    g.add_argument("--joint_encoder", choices=["all", "maps"], default="all",
-                   help="--joint: what trains the encoder: every loss term, or the map losses only (the scores "
-                        "then see the encoding without its gradient)")
+    g.add_argument("--joint_encoder", choices=["all", "maps", "robust"], default="all",
+                   help="--joint: what trains the encoder: every loss term ('all'), the map losses only ('maps': "
+                        "the scores then see the encoding without its gradient), or the map losses and the "
+                        "robustness terms (--lambda_consistency, --lambda_adv) but not the ranking ('robust')")
     g.add_argument("--encoder_lr_scale", type=float, default=0.3,
                    help="--joint: the encoder's share of the lr (0.3 x 3e-4: a third of its stage-0 rate)")
     g.add_argument("--stage0_anchor", type=float, default=1.0,
@@ -278,12 +279,14 @@ def _stack(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace,
                stage: Optional[int] = None, feats: Optional[list[torch.Tensor]] = None,
-               score_feats: Optional[list[torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+               score_feats: Optional[list[torch.Tensor]] = None,
+               robust_live: bool = False) -> dict[str, torch.Tensor]:
     """All loss terms of one batch at ``stage`` (default ``args.stage``); ``loss`` is their weighted
     sum. ``batch`` may hold the extra images of :func:`robustness_inputs` (``gt_p``, ``sr_p``,
     ``adv``, ``garbage``); ``feats``, the encoding of its stacked images, is computed (with gradient
     at stage 0 only) unless given; ``score_feats``, when given, is the encoding the scores are
-    computed from (the maps still come from ``feats``)."""
+    computed from (the maps still come from ``feats``; with ``robust_live`` the consistency and attack
+    terms use scores from ``feats``, so they reach an encoder the other score terms do not)."""
     n = batch["gt"].shape[0]
     lay = _rows(batch)
     stage = args.stage if stage is None else stage
@@ -297,6 +300,10 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
         logits = model.decode_logits(feats, stage)
         score = model.predict(score_feats, size, stage)[0]
     s = {k: score[sl] for k, sl in lay.items()}
+    live = s
+    if robust_live and score_feats is not None and ("gt_p" in s or "adv" in s):
+        live_score = model.predict(feats, size, stage)[0]
+        live = {k: live_score[sl] for k, sl in lay.items()}
     weight = perceptibility(batch["mgt"], batch["mask"], args.rank_floor) if args.rank_floor > 0 else None
     terms = {"rank": ranking_loss(s["gt"], s["syn"], s["sr"], args.margin_sr, args.margin_syn, weight)}
     total = args.lambda_rank * terms["rank"]
@@ -305,13 +312,13 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     gap = (s["gt"] - s["sr"]).mean().detach().abs().clamp_min(args.min_gap)
     if "gt_p" in s:
         rows = term_rows(n, args.consistency_fraction)
-        terms["consistency"] = 0.5 * ((s["gt_p"] - s["gt"][rows]).abs().mean()
-                                      + (s["sr_p"] - s["sr"][rows]).abs().mean()) / gap
+        terms["consistency"] = 0.5 * ((live["gt_p"] - live["gt"][rows]).abs().mean()
+                                      + (live["sr_p"] - live["sr"][rows]).abs().mean()) / gap
         total = total + args.lambda_consistency * terms["consistency"]
     if "adv" in s:
         rows = term_rows(n, args.adv_fraction)
-        terms["adv"] = (F.relu(s["adv"] - s["syn"][rows].detach()).mean() / gap
-                        + F.relu(args.margin_syn - (s["gt"][rows] - s["adv"])).mean())
+        terms["adv"] = (F.relu(live["adv"] - live["syn"][rows].detach()).mean() / gap
+                        + F.relu(args.margin_syn - (live["gt"][rows] - live["adv"])).mean())
         total = total + args.lambda_adv * terms["adv"]
     if "garbage" in s:
         rows = term_rows(n, args.garbage_fraction)
@@ -368,10 +375,11 @@ def joint_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     gradient, so the encoder learns from every stage's maps while each head keeps its own targets;
     the terms reported are the last stage's, plus ``loss_s<k>`` for each stage. ``--joint_encoder
     maps``: the scores are computed from the encoding without its gradient, so only the maps train
-    the encoder."""
+    the encoder; ``robust``: the maps and the robustness terms do."""
     feats = model.encode(_stack(batch))
-    score_feats = [f.detach() for f in feats] if args.joint_encoder == "maps" else None
-    per = [stage_loss(model, batch, args, stage=k, feats=feats, score_feats=score_feats)
+    score_feats = [f.detach() for f in feats] if args.joint_encoder in ("maps", "robust") else None
+    per = [stage_loss(model, batch, args, stage=k, feats=feats, score_feats=score_feats,
+                      robust_live=args.joint_encoder == "robust")
            for k in range(args.stage + 1)]
     terms = dict(per[-1])
     terms.update({f"loss_s{k}": t["loss"] for k, t in enumerate(per)})
@@ -550,7 +558,8 @@ def model_card(args: argparse.Namespace, repo_id: str, result: dict):
     figures = result["validation"][-1] if result["validation"] else {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in figures.items() if k != "step" and isinstance(v, float))
     start = f"`{args.init}` (stage {args.stage - 1})" if args.init else "a new model"
-    moved_by = " (the encoder moved by the map losses only)" if args.joint_encoder == "maps" else ""
+    moved_by = {"maps": " (the encoder moved by the map losses only)",
+                "robust": " (the encoder moved by the map losses and the robustness terms)"}.get(args.joint_encoder, "")
     trained = (f"stages 0..{args.stage} and the encoder were trained together last (`--joint`{moved_by}), "
                f"starting from `{args.init}`" if args.joint else f"stage {args.stage} was trained last, starting from {start}")
     return ModelCard(f"""---

@@ -45,7 +45,7 @@ DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
 # training it takes about half an hour on 2 cores
 JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
 JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "7000",
-                "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150"]
+                "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150", "--joint_steps", "0"]
 
 
 def schedules(n: int, steps: int, coevolve: dict | None = None) -> dict[str, dict]:
