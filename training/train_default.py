@@ -106,8 +106,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int) -> str:
     meta = json.loads((args.data / "dataset.json").read_text())
     excluded = f"\n- Trained **without** the families: {args.exclude_families}.\n" if args.exclude_families else ""
-    moved = {"all": "every loss", "maps": "the map losses only",
-             "robust": "the map losses and the robustness terms"}[args.joint_encoder]
+    moved = train_reward.JOINT_ENCODER_MOVED_BY[args.joint_encoder]
     joint = (f", then {args.joint_steps} steps of every stage and the encoder together, the encoder moved by {moved}"
              if args.joint_steps > 0 else "")
     return f"""---

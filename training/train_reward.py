@@ -277,6 +277,10 @@ def _stack(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([batch[k] for k in _IMAGES if k in batch])
 
 
+JOINT_ENCODER_MOVED_BY = {"all": "every loss", "maps": "the map losses only",
+                          "robust": "the map losses and the robustness terms"}  # --joint_encoder, in words
+
+
 def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argparse.Namespace,
                stage: Optional[int] = None, feats: Optional[list[torch.Tensor]] = None,
                score_feats: Optional[list[torch.Tensor]] = None,
@@ -558,8 +562,7 @@ def model_card(args: argparse.Namespace, repo_id: str, result: dict):
     figures = result["validation"][-1] if result["validation"] else {}
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in figures.items() if k != "step" and isinstance(v, float))
     start = f"`{args.init}` (stage {args.stage - 1})" if args.init else "a new model"
-    moved_by = {"maps": " (the encoder moved by the map losses only)",
-                "robust": " (the encoder moved by the map losses and the robustness terms)"}.get(args.joint_encoder, "")
+    moved_by = f" (the encoder moved by {JOINT_ENCODER_MOVED_BY[args.joint_encoder]})" if args.joint_encoder != "all" else ""
     trained = (f"stages 0..{args.stage} and the encoder were trained together last (`--joint`{moved_by}), "
                f"starting from `{args.init}`" if args.joint else f"stage {args.stage} was trained last, starting from {start}")
     return ModelCard(f"""---
