@@ -298,16 +298,17 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
         x = _stack(batch)
         feats = model.encode(x) if stage == 0 else [f.detach() for f in _frozen_encode(model, x)]
     size = tuple(batch["gt"].shape[-2:])
+    live_score = None  # the score from ``feats`` when it differs from ``score``: the robustness terms' under robust_live
     if score_feats is None:
         score, _, logits = model.predict(feats, size, stage)
     else:
-        logits = model.decode_logits(feats, stage)
+        if robust_live and ("gt_p" in lay or "adv" in lay):
+            live_score, _, logits = model.predict(feats, size, stage)  # one decoding gives both
+        else:
+            logits = model.decode_logits(feats, stage)
         score = model.predict(score_feats, size, stage)[0]
     s = {k: score[sl] for k, sl in lay.items()}
-    live = s
-    if robust_live and score_feats is not None and ("gt_p" in s or "adv" in s):
-        live_score = model.predict(feats, size, stage)[0]
-        live = {k: live_score[sl] for k, sl in lay.items()}
+    live = s if live_score is None else {k: live_score[sl] for k, sl in lay.items()}
     weight = perceptibility(batch["mgt"], batch["mask"], args.rank_floor) if args.rank_floor > 0 else None
     terms = {"rank": ranking_loss(s["gt"], s["syn"], s["sr"], args.margin_sr, args.margin_syn, weight)}
     total = args.lambda_rank * terms["rank"]
