@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
 # the judge recipe: another backbone (Lite1), other triplets (an FGR build of its own, data seed 1: the
 # bundled model trains on the seed-0 build), another training seed; 7,000 triplets, so that building and
-# training it takes about half an hour on 2 cores
+# training it takes about 45 minutes on 2 cores (17 to build, 25 to train; EXPERIMENTS.md)
 JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
 JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "7000",
                 "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150", "--joint_steps", "0"]
