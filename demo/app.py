@@ -16,6 +16,7 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no telemetry, no version check
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -34,6 +35,7 @@ from demo.viewer import BATCH_HEADERS, Viewer, ViewerConfig, ViewerError  # noqa
 __all__ = ["ImageInput", "build_app", "launch", "limit_malloc_arenas", "main", "parse_args", "release_memory", "run"]
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+log = logging.getLogger("finpercep.viewer")
 CSS = """
 #score h3 { margin-top: 0; }
 #score { min-height: 7em; }
@@ -123,11 +125,14 @@ def release_memory() -> None:
 
 
 def _guard(fn, *args, **kwargs):
-    """Run ``fn``; input and model errors become a red message in the page (and the API)."""
+    """Run ``fn``; input and model errors become a red message in the page (and the API) and one line
+    in the server log (the user's file or choice, not a bug: no traceback). Anything else is a bug and
+    keeps Gradio's traceback."""
     try:
         return fn(*args, **kwargs)
     except ViewerError as e:
-        raise gr.Error(str(e), duration=None) from None
+        log.warning("finpercep view: refused: %s", e)
+        raise gr.Error(str(e), duration=None, print_exception=False) from None
     finally:
         release_memory()
 
@@ -177,8 +182,8 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
                                            sources=["upload", "clipboard"], elem_id="input-image")
                         run = gr.Button("Score image", variant="primary", elem_id="run")
                         examples = v.examples()
-                        if examples:
-                            gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples")
+                        example_set = gr.Examples([[str(p)] for p in examples], inputs=[image],
+                                                  label="Examples") if examples else None
                     with gr.Column(scale=3):
                         score = gr.Markdown("Upload an image or pick an example.", elem_id="score")
                         # slider_position 0: the overlay covers the whole image at first sight (a handle in
@@ -264,16 +269,29 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
         load.click(on_load, [kind, ref], [info, stage], api_name="load_model", **heavy)
         inspect_out = [inspect_state, score, slider, boxes, table, files]
         inspect_in = [image, *model_inputs, *display, threshold, top_k]
-        run.click(on_inspect, inspect_in, inspect_out, api_name="inspect", **heavy)
+        cleared = ("No result: the last image could not be scored (the red message says why). "
+                   "Upload another image or pick an example.")
+
+        def on_failed():  # no stale result beside the error: the previous image's score, map and files go
+            return None, cleared, None, None, [], None
+
+        run.click(on_inspect, inspect_in, inspect_out, api_name="inspect", **heavy).failure(
+            on_failed, None, inspect_out, api_name=False, queue=False, show_progress="hidden")
 
         def on_new_input(image, *rest, progress=gr.Progress(track_tqdm=True)):
             if image is None:  # cleared: keep the last result on screen
                 return tuple(gr.skip() for _ in inspect_out)
             return on_inspect(image, *rest, progress=progress)
 
-        # a new upload / example, another stage or tile size: score again at once
-        for trigger in (image.change, stage.change, tile.change):
-            trigger(on_new_input, inspect_in, inspect_out, api_name=False, **heavy)
+        # Score again at once on a new upload, an example, another stage or tile size: one model run
+        # each. Not image.change: it fires again when the page re-sets the value (a file that is not
+        # an image ran the model twice, with two error toasts).
+        triggers = [image.upload, stage.change, tile.change]
+        if example_set is not None:
+            triggers.append(example_set.load_input_event.then)
+        for trigger in triggers:
+            trigger(on_new_input, inspect_in, inspect_out, api_name=False, **heavy).failure(
+                on_failed, None, inspect_out, api_name=False, queue=False, show_progress="hidden")
         render_in = [inspect_state, *display, threshold, top_k]
         light = dict(concurrency_limit=4, concurrency_id="render", show_progress="hidden")
         triggers = ((alpha, "release"), (cmap, "change"), (mode, "change"), (threshold, "release"), (top_k, "release"))

@@ -80,12 +80,13 @@ def artifact_photo(path: Path, size: int = 320, seed: int = 0) -> tuple[Path, tu
 
 
 @contextmanager
-def running_app(config, host: str = "127.0.0.1", port: Optional[int] = None) -> Iterator["gr.Blocks"]:
-    """The viewer for ``config`` served on ``host:port`` (a free port by default) in this process;
-    yields the launched ``gr.Blocks`` (``.local_url``) and closes it afterwards."""
+def running_app(config, host: str = "127.0.0.1", port: Optional[int] = None, viewer=None) -> Iterator["gr.Blocks"]:
+    """The viewer for ``config`` (or ``viewer``, a :class:`demo.viewer.Viewer`) served on ``host:port``
+    (a free port by default) in this process; yields the launched ``gr.Blocks`` (``.local_url``) and
+    closes it afterwards."""
     from demo.app import build_app, launch
 
-    app = build_app(config)
+    app = build_app(config, viewer)
     launch(app, config, host=host, port=port or free_port(), block=False, quiet=True)
     try:
         yield app
