@@ -202,3 +202,69 @@ def test_random_span_and_srmd_are_far_from_bicubic(crop: np.ndarray) -> None:
             random_out, trained_out = arch.eval()(x), load_srnet(name)(x)
         psnr = lambda y: float(10 * torch.log10(1 / F.mse_loss(y.clamp(0, 1), bicubic)))  # noqa: E731
         assert psnr(trained_out) > 25.0 > psnr(random_out), (name, psnr(trained_out), psnr(random_out))
+
+
+# ---------------------------------------------------------------------------------------------
+# The data engine's SR pool
+# ---------------------------------------------------------------------------------------------
+
+def test_pool_srmd_draws_and_records_settings(photo: np.ndarray) -> None:
+    from training.data.sr_pool import SRMD_KERNEL_SCALES, SRMD_NOISE_LEVELS, ArtifactSR, NetworkSR
+
+    lr = np.ascontiguousarray(photo[60:76, 100:116])
+    method = NetworkSR("srmd-x2")
+    draws, outputs = [], []
+    for seed in (0, 0, 1):
+        sr = method(lr, np.random.default_rng(seed))
+        draws.append(method.last_settings)
+        outputs.append(sr)
+    assert outputs[0].shape == (32, 32, 3) and outputs[0].dtype == np.float32
+    assert draws[0] == draws[1] and np.array_equal(outputs[0], outputs[1])  # reproducible per rng
+    assert draws[0] != draws[2] and not np.array_equal(outputs[0], outputs[2])  # settings change the output
+    for d in draws:
+        assert SRMD_NOISE_LEVELS[0] <= d["noise_level"] <= SRMD_NOISE_LEVELS[1]
+        assert SRMD_KERNEL_SCALES[0] <= d["kernel_scale"] <= SRMD_KERNEL_SCALES[1]
+    # Pinned settings reproduce a direct call of the module.
+    pinned = NetworkSR("srmd-x2", noise_levels=(5, 5), kernel_scales=(0.5, 0.5))
+    out = pinned(lr, np.random.default_rng(3))
+    assert pinned.last_settings == {"noise_level": 5, "kernel_scale": 0.5}
+    with torch.no_grad():
+        direct = pinned.net(torch.from_numpy(lr).permute(2, 0, 1)[None], noise_level=5, kernel_scale=0.5)
+    assert np.allclose(out, direct.clamp(0, 1)[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    nf = NetworkSR("srmdnf-x2")
+    nf(lr, np.random.default_rng(0))
+    assert set(nf.last_settings) == {"kernel_scale"}
+    wrapped = ArtifactSR(method)
+    wrapped(lr, np.random.default_rng(4))
+    assert wrapped.last_settings == method.last_settings is not None
+    with pytest.raises(ValueError, match="noise_levels .*0 <= lo <= hi <= 75"):
+        NetworkSR("srmd-x2", noise_levels=(-1, 3))
+
+
+def test_pool_span_draws_nothing(photo: np.ndarray) -> None:
+    from training.data.sr_pool import NetworkSR
+
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    method = NetworkSR("span-ch48-x2")
+    assert method(np.ascontiguousarray(photo[:16, :16]), rng).shape == (32, 32, 3)
+    assert method.last_settings is None and rng.bit_generator.state == state
+
+
+def test_extra_networks_in_pool_families_and_fgr_records(photo: np.ndarray) -> None:
+    from training.data.build_fgr import _sr_output
+    from training.data.families import FAMILIES, SR_NET_GROUPS
+    from training.data.sr_pool import DEFAULT_NETWORKS, EXTRA_NETWORKS, NetworkSR, default_pool
+
+    assert DEFAULT_NETWORKS == ("realesrgan-x4plus", "realesr-animevideov3-x4", "realesrgan-x4plus-anime",
+                                "waifu2x-photo-x2")  # unchanged
+    assert set(EXTRA_NETWORKS) <= set(available_models()) and not set(EXTRA_NETWORKS) & set(DEFAULT_NETWORKS)
+    assert all(FAMILIES[n].group == "sr_net_extra" for n in EXTRA_NETWORKS) and "sr_net_extra" in SR_NET_GROUPS
+    assert all(FAMILIES[n].group == "sr_net" for n in DEFAULT_NETWORKS)
+    pool = default_pool(networks=("span-ch48-x2", "srmd-x2"), with_artifacts=False)
+    assert [m.name for m, _ in pool][:2] == ["span-ch48-x2", "srmd-x2"]
+    hr = np.ascontiguousarray(photo[:64, :64])
+    _, info = _sr_output(hr, [(NetworkSR("srmd-x2"), 1.0)], np.random.default_rng(0))
+    assert info["sr_method"] == "srmd-x2" and set(info["sr_settings"]) == {"noise_level", "kernel_scale"}
+    _, info = _sr_output(hr, [(NetworkSR("span-ch48-x2"), 1.0)], np.random.default_rng(0))
+    assert "sr_settings" not in info

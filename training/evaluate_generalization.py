@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.data.build_fgr import PhotoCache, make_lr, random_hr_crop
 from training.data.degradations import jpeg_compress
-from training.data.families import FAMILIES, GARBAGE_KINDS, PROTOCOL_HOLDOUT, garbage_image, operator
+from training.data.families import FAMILIES, GARBAGE_KINDS, PROTOCOL_HOLDOUT, SR_NET_GROUPS, garbage_image, operator
 from training.data.gt_maps import pixel_difference
 from training.data.masks import random_blobs
 from training.data.photos import photo_pool
@@ -106,7 +106,7 @@ class Scorer:
 def damaged(name: str, hr: np.ndarray, strength: float, seed: int, nets: dict) -> np.ndarray:
     """The fully damaged version of ``hr`` by family ``name`` at ``strength`` (same draw per seed)."""
     rng = np.random.default_rng([seed, 5])
-    if FAMILIES[name].group == "sr_net":
+    if FAMILIES[name].group in SR_NET_GROUPS:
         if name not in nets:
             from training.data.sr_pool import NetworkSR
 

@@ -130,6 +130,8 @@ def _sr_output(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.rando
     info = {"sr_method": method.name, "degradation": level, "lr_size": list(lr.shape[:2])}
     if isinstance(method, ArtifactSR):
         info["artifact"] = method.last_artifact
+    if getattr(method, "last_settings", None):  # SRMD's drawn noise level / kernel-code factor
+        info["sr_settings"] = method.last_settings
     return np.clip(sr, 0, 1).astype(np.float32), info
 
 
@@ -365,6 +367,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 256, seed: int = 0,
                    "sr_method": t.get("sr_method"), "artifact": t.get("artifact"), "mask_kind": t["mask_kind"],
                    "degradation": t.get("degradation"), "base": t["base"], "families": t["families"],
                    "operators": t.get("operators"), "garbage": t.get("garbage"),
+                   **({"sr_settings": t["sr_settings"]} if t.get("sr_settings") else {}),
                    "mask_coverage": float(t["mask"].mean()), "changed_fraction": float(changed.mean()),
                    "mgt_mean": float(mgt.mean())}
             manifest.write(json.dumps(rec) + "\n")

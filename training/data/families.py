@@ -9,6 +9,9 @@ Families are grouped by what they do to the image:
 - ``colour``: colour and tone changes,
 - ``structure``: seams and geometric errors,
 - ``sr_net``: the output of a real SR network on a degraded input,
+- ``sr_net_extra``: the same for the opt-in networks of :data:`.sr_pool.EXTRA_NETWORKS` (SPAN,
+  SRMD with drawn noise-level / kernel settings); a group of their own so that the ``sr_net``
+  group's figures stay comparable with runs made before they existed,
 - ``garbage``: images that are no photo at all (noise, flat, stripes, blocks).
 
 :data:`PROTOCOL_HOLDOUT` is the fixed set of families the *protocol model* never sees in training
@@ -25,12 +28,13 @@ import numpy as np
 
 from . import defects  # noqa: F401  (registers the v3 operators in ARTIFACTS)
 from .artifacts import ARTIFACTS
+from .sr_pool import EXTRA_NETWORKS
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    group: str  # adds | removes | colour | structure | sr_net | garbage
+    group: str  # adds | removes | colour | structure | sr_net | sr_net_extra | garbage
 
 
 _GROUPS = {
@@ -41,9 +45,12 @@ _GROUPS = {
     "colour": ("color_shift", "tone_shift", "chroma_bleed"),
     "structure": ("tiling_seams", "local_warp"),
     "sr_net": ("realesrgan-x4plus", "realesr-animevideov3-x4", "realesrgan-x4plus-anime", "waifu2x-photo-x2"),
+    "sr_net_extra": EXTRA_NETWORKS,
     "garbage": ("garbage",),
 }
 FAMILIES: dict[str, Family] = {n: Family(n, g) for g, names in _GROUPS.items() for n in names}
+#: The groups whose families are real SR networks (run through :class:`.sr_pool.NetworkSR`).
+SR_NET_GROUPS = ("sr_net", "sr_net_extra")
 OPERATOR_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.group in ("adds", "removes", "colour", "structure"))
 assert all(n in ARTIFACTS for n in OPERATOR_FAMILIES), "every operator family needs a registered operator"
 
