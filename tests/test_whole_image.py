@@ -1,0 +1,138 @@
+"""Whole-image supervision (reward model v6): version sets, the teacher order loss, head fitting and
+the whole-image ranking benchmark's figures."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from training.data.sr_pool import ClassicalSR
+from training.data.versions import VersionMaker, build, network_family, read_manifest
+from training.evaluate_whole_image import kendall_tau, summarize
+from training.fit_heads import head_inputs, stage_scores
+from training.whole_image import OrderConfig, VersionSets, order_figures, order_loss, parse_teacher, teacher_distance
+
+
+def test_order_loss_is_zero_only_when_the_scores_follow_the_teacher():
+    cfg = OrderConfig(slope=1.0, lambda_cal=0.0)
+    t = torch.tensor([[0.0, 0.1, 0.3, 0.6]])
+    good = 1.0 - 1.0 * t - torch.tensor([[0.0, 0.01, 0.02, 0.03]])  # ordered, gaps above slope * dt
+    assert float(order_loss(good, t, cfg)["order"]) == 0.0
+    bad = good.flip(-1)
+    assert float(order_loss(bad, t, cfg)["order"]) > 0.3
+    # the gradient raises the better version and lowers the worse one
+    s = torch.zeros(1, 4, requires_grad=True)
+    order_loss(s, t, cfg)["loss"].backward()
+    assert s.grad[0, 0] < 0 < s.grad[0, 3]
+
+
+def test_order_loss_calibration_term_pulls_toward_anchor_minus_slope_t():
+    cfg = OrderConfig(slope=2.0, anchor=1.0, lambda_order=0.0)
+    t = torch.tensor([[0.0, 0.25]])
+    on_scale = torch.tensor([[1.0, 0.5]])
+    assert float(order_loss(on_scale, t, cfg)["cal"]) == 0.0
+    assert float(order_loss(on_scale + 0.3, t, cfg)["cal"]) > 0.1
+
+
+def test_order_loss_ignores_padding_and_close_pairs():
+    cfg = OrderConfig(slope=1.0, min_gap=0.05, lambda_cal=0.0)
+    t = torch.tensor([[0.0, 0.02, 0.5]])
+    s = torch.tensor([[0.9, 1.0, 0.0]])  # the 0.02 version above the clean one: closer than min_gap
+    assert float(order_loss(s, t, cfg)["order"]) == 0.0
+    valid = torch.tensor([[True, True, False]])
+    s2 = torch.tensor([[1.0, 0.9, 5.0]])  # a padded column scoring high must not count
+    assert float(order_loss(s2, t, cfg, valid)["order"]) == 0.0
+
+
+def test_teacher_parsing_and_distance():
+    assert parse_teacher("lpips_vgg+dists") == {"lpips_vgg": 0.5, "dists": 0.5}
+    assert parse_teacher("lpips_vgg:3,dists:1") == {"lpips_vgg": 0.75, "dists": 0.25}
+    with pytest.raises(ValueError, match="unknown teacher metric"):
+        parse_teacher("psnr")
+    rec = {"lpips_vgg": [0.0, 0.4], "dists": [0.0, 0.2]}
+    np.testing.assert_allclose(teacher_distance(rec, {"lpips_vgg": 0.5, "dists": 0.5}), [0.0, 0.3])
+
+
+def test_kendall_tau_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")  # scipy comes with scikit-image (train extra)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.integers(0, 5, 9).astype(float)
+        b = a + rng.normal(0, 2, 9).round()
+        assert kendall_tau(a, b) == pytest.approx(stats.kendalltau(a, b).statistic, abs=1e-12)
+
+
+def test_order_figures_and_summary():
+    t = np.array([[0.0, 0.2, 0.4], [0.0, 0.3, 0.1]])
+    s = np.array([[0.9, 0.5, 0.1], [0.4, 0.8, 0.2]])  # crop 2: clean not on top, one pair of three wrong
+    fig = order_figures(s, t)
+    assert fig["clean_top"] == 0.5
+    assert fig["pair_agree"] == pytest.approx((1.0 + 1 / 3) / 2)
+    data = {"items": [{"kinds": ["clean", "netA", "policy:hack"], "lpips_vgg": list(r), "dists": list(r),
+                       "lpips_alex": list(r)} for r in t]}
+    res = summarize(data, list(s))
+    assert res["clean_top"] == 0.5
+    assert res["kinds"]["netA"]["below_clean"] == 0.5
+    assert res["kinds"]["policy:hack"]["below_clean"] == 1.0
+    assert res["sr_below_clean"] == 0.5  # policies are reported apart
+    assert res["tau_lpips_vgg"] == pytest.approx((1.0 + (-1 / 3)) / 2)
+
+
+def test_network_family():
+    assert network_family("waifu2x-photo-noise2-x2") == "waifu2x-photo"
+    assert network_family("span-ch52-x4") == "span"
+    assert network_family("realesrgan-x4plus") == "realesrgan-x4plus"
+    assert network_family("realesrgan-x4plus-anime") == "realesrgan-x4plus-anime"
+
+
+class _Stub:
+    """A teacher: mean absolute difference to version 0 (deterministic, cheap)."""
+
+    def __call__(self, images: np.ndarray) -> dict[str, list[float]]:
+        d = np.abs(images.astype(np.float32) - images[:1].astype(np.float32)).mean(axis=(1, 2, 3)) / 255
+        return {"lpips_vgg": d.tolist(), "lpips_alex": (2 * d).tolist(), "dists": (d / 2).tolist()}
+
+
+def _build(out, counts):
+    return build(out, counts, hr_size=64, seed=5, sources=("skimage",), networks=[ClassicalSR("bilinear", 2)],
+                 teacher=_Stub(), progress=False, n_sr=2, n_classical=1, n_filter=2, n_operator=1)
+
+
+def test_version_sets_build_resume_and_read(tmp_path):
+    one = _build(tmp_path / "a", {"train": 3, "val": 1})
+    _build(tmp_path / "b", {"train": 1})
+    _build(tmp_path / "b", {"train": 3, "val": 1})  # resumed
+    ra, rb = read_manifest(one), read_manifest(tmp_path / "b")
+    assert ra.keys() == rb.keys() == {"train/000000", "train/000001", "train/000002", "val/000000"}
+    for key in ra:
+        assert ra[key]["kinds"] == rb[key]["kinds"] and ra[key]["lpips_vgg"] == rb[key]["lpips_vgg"]
+    sets = VersionSets(one, "train")
+    imgs = sets.images(0)
+    assert imgs.dtype == np.uint8 and imgs.shape == (7, 64, 64, 3)  # clean + 2 + 1 + 2 + 1
+    assert sets.kinds(0)[0] == "clean" and sets.distances(0)[0] == 0.0 and sets.distances(0)[1:].min() > 0
+    with pytest.raises(ValueError, match="other settings"):
+        build(tmp_path / "a", {"train": 3}, hr_size=64, seed=6, sources=("skimage",),
+              networks=[ClassicalSR("bilinear", 2)], teacher=_Stub(), progress=False)
+
+
+def test_version_maker_draws_every_kind():
+    maker = VersionMaker([ClassicalSR("bicubic", 4)], {"hack": lambda lr: np.repeat(np.repeat(lr, 4, 0), 4, 1)},
+                         n_sr=1, n_classical=1, n_filter=5, n_operator=2)
+    hr = np.random.default_rng(0).random((64, 64, 3)).astype(np.float32)
+    out = maker(hr, np.random.default_rng(1))
+    kinds = [k for k, _, _ in out]
+    assert kinds[0] == "clean" and kinds[1] == "sr:bicubic" and kinds[-1] == "policy:hack"
+    assert {k for k in kinds if k.startswith("filter:")} == {f"filter:{f}" for f in ("blur", "sharpen", "noise", "waxy", "jpeg")}
+    assert all(v.shape == hr.shape and v.dtype == np.float32 for _, v, _ in out)
+    assert all(np.abs(v - hr).mean() > 1e-4 for _, v, _ in out[1:])
+
+
+def test_head_inputs_reproduce_the_model_scores():
+    model = make_tiny_model()
+    x = torch.rand(3, 3, 64, 64)
+    s = stage_scores(model, head_inputs(model, x))
+    for k in range(model.num_stages + 1):
+        torch.testing.assert_close(s[:, k], model(x, stage=k).raw_score, atol=1e-5, rtol=1e-5)

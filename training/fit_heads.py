@@ -1,0 +1,253 @@
+"""Distil the perceptual teacher into the score heads of a trained reward model (reward model v6 recipe).
+
+    python -m training.fit_heads --init data/models/v5 --versions data/versions_v6 --fgr data/fgr_v4 \
+        --output_dir runs/v6_heads
+
+The encoder and the map decoder stay frozen, so every map (and the map benchmark's AUROC) is
+exactly the initial model's; only the score heads of every stage 0..N are trained, on inputs computed
+once and cached (the pooled deepest feature, dimmed by each stage's map, and the map statistics: what
+:meth:`FinPercepRM.score_from` reads), so thousands of steps take seconds. The objective:
+
+- whole-image order and scale from the teacher (:mod:`training.whole_image`): the versions of one
+  crop ordered by their LPIPS-VGG / DISTS distance to the clean crop, on one scale across photos;
+- the FGR triplets' ranking ``S_sr < S_syn < S_gt`` (``train_reward.ranking_loss``) and garbage images
+  below the damaged photos (``--margin_garbage``), so the region-level behaviour is kept;
+- consistency: the score of an invisible copy (noise <= 2/255) of a version equals its own;
+- every stage on the same scale (each is trained toward the same targets).
+
+Then the score is calibrated per stage on the FGR validation split (``training/calibration.py``) and
+the model is written to ``<output_dir>/model`` (atomically), with the validation figures in
+``<output_dir>/result.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from diffusers_ext.models.finpercep_rm import FinPercepRM
+from training.calibration import fit_calibration
+from training.checkpointing import atomic_save_model
+from training.data.fgr_dataset import FGRDataset
+from training.robustness import garbage_batch, imperceptible
+from training.train_reward import ranking_loss
+from training.whole_image import OrderConfig, VersionSets, order_figures, order_loss, parse_teacher
+
+logger = logging.getLogger("fit_heads")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--init", required=True, help="the trained reward model whose score heads are refitted")
+    p.add_argument("--versions", type=Path, required=True, help="version-set folder (training/data/versions.py)")
+    p.add_argument("--fgr", type=Path, required=True, help="FGR folder (triplets, and the calibration's val split)")
+    p.add_argument("--output_dir", type=Path, required=True)
+    p.add_argument("--teacher", default="lpips_vgg+dists", help="teacher metrics and weights (training/whole_image.py)")
+    p.add_argument("--fgr_items", type=int, default=3000, help="FGR train triplets used")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch_versions", type=int, default=16, help="version sets per step")
+    p.add_argument("--batch_triplets", type=int, default=32)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--reinit", action="store_true", help="start the heads from random instead of the --init heads")
+    p.add_argument("--slope", type=float, default=1.5, help="raw score per unit of teacher distance")
+    p.add_argument("--min_gap", type=float, default=0.01)
+    p.add_argument("--lambda_order", type=float, default=1.0)
+    p.add_argument("--lambda_cal", type=float, default=0.5)
+    p.add_argument("--lambda_rank", type=float, default=0.5, help="FGR triplet ranking")
+    p.add_argument("--margin", type=float, default=0.1, help="the triplets' margins m1 = m2")
+    p.add_argument("--lambda_garbage", type=float, default=0.5)
+    p.add_argument("--margin_garbage", type=float, default=0.3)
+    p.add_argument("--garbage_items", type=int, default=512)
+    p.add_argument("--lambda_consistency", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num_threads", type=int, default=None)
+    p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default <output_dir>/cache)")
+    return p.parse_args(argv)
+
+
+@torch.no_grad()
+def head_inputs(model: FinPercepRM, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """``[B, N + 1, C + 2]``: what each stage's score head reads for images ``x`` (``Bx3xHxW``):
+    the pooled deepest feature (stage 0: plain; stage k: dimmed by the stage-k map) and the map's
+    statistics (zeros at stage 0)."""
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        size = tuple(xb.shape[-2:])
+        feats = model.encode(xb)
+        rows = []
+        total, count = model.modulated_sum(feats[-1], None, size)
+        rows.append(torch.cat([total / count, xb.new_zeros(len(xb), 2)], 1))
+        for logits in model.decode_all_logits(feats):
+            pdm = model.logits_to_map(logits, size)
+            total, count = model.modulated_sum(feats[-1], pdm, size)
+            rows.append(torch.cat([total / count, model.map_stats(pdm)], 1))
+        out.append(torch.stack(rows, 1).float())
+    return torch.cat(out)
+
+
+def stage_scores(model: FinPercepRM, inputs: torch.Tensor) -> torch.Tensor:
+    """``[..., N + 1]`` raw scores of every stage from :func:`head_inputs`."""
+    c = model.encoder.channels[-1]
+    cols = [model.score_heads[0](inputs[..., 0, :c])]
+    for k in range(1, model.num_stages + 1):
+        x = inputs[..., k, :] if model.config.score_map_stats else inputs[..., k, :c]
+        cols.append(model.score_heads[k](x))
+    return torch.stack(cols, -1)
+
+
+def _cached(path: Path, make) -> torch.Tensor:
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    t = make()
+    tmp = path.with_suffix(".tmp")
+    torch.save(t, tmp)
+    tmp.replace(path)
+    return t
+
+
+def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: str,
+                     noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Head inputs ``[n, K, N+1, C+2]`` and teacher distances ``[n, K]`` of every version set
+    (with ``noisy``: of an invisible copy of each version, noise std <= 2/255, fixed seed)."""
+    def make() -> torch.Tensor:
+        gen = torch.Generator().manual_seed(1234)
+        feats = []
+        for i in tqdm(range(len(sets)), desc=f"features {name}", leave=False):
+            x = torch.from_numpy(sets.images(i)).permute(0, 3, 1, 2).float().div(255)
+            if noisy:
+                x = imperceptible(x, gen, 2.0 / 255)
+            feats.append(head_inputs(model, x))
+        return torch.stack(feats)
+    feats = _cached(cache / f"{name}.pt", make)
+    dist = torch.from_numpy(np.stack([sets.distances(i) for i in range(len(sets))]))
+    return feats, dist
+
+
+def fgr_features(model: FinPercepRM, data: FGRDataset, cache: Path, name: str) -> torch.Tensor:
+    """Head inputs ``[n, 3, N+1, C+2]`` of the FGR items' ``gt``, ``syn``, ``sr`` (whole items)."""
+    def make() -> torch.Tensor:
+        out = []
+        for i in tqdm(range(len(data)), desc=f"features {name}", leave=False):
+            it = data[i]
+            out.append(head_inputs(model, torch.stack([it["gt"], it["syn"], it["sr"]])))
+        return torch.stack(out)
+    return _cached(cache / f"{name}.pt", make)
+
+
+def evaluate(model: FinPercepRM, feats: torch.Tensor, dist: torch.Tensor,
+             fgr: Optional[torch.Tensor] = None) -> dict[str, float]:
+    """Per stage: the version order figures (clean on top, pair agreement with the teacher) and, on
+    FGR features, the triplet and pair accuracy."""
+    with torch.no_grad():
+        s = stage_scores(model, feats).numpy()           # [n, K, S]
+        t = dist.numpy()
+        out: dict[str, float] = {}
+        for k in range(s.shape[-1]):
+            for key, v in order_figures(s[..., k], t).items():
+                out[f"s{k}/{key}"] = v
+        if fgr is not None:
+            f = stage_scores(model, fgr).numpy()          # [n, 3, S]: gt, syn, sr
+            for k in range(f.shape[-1]):
+                gt, syn, sr = f[:, 0, k], f[:, 1, k], f[:, 2, k]
+                out[f"s{k}/triplet_acc"] = float(np.mean((gt > syn) & (syn > sr)))
+                out[f"s{k}/pair_acc"] = float(np.mean(gt > sr))
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    torch.manual_seed(args.seed)
+    t0 = time.time()
+    cache = args.cache or args.output_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    model = FinPercepRM.from_pretrained(args.init).eval()
+    model.requires_grad_(False)
+    teacher = parse_teacher(args.teacher)
+    tr_sets, va_sets = VersionSets(args.versions, "train", teacher), VersionSets(args.versions, "val", teacher)
+    fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
+    fgr_va = FGRDataset(args.fgr, "val")
+    v_tr, d_tr = version_features(model, tr_sets, cache, f"versions_train{len(tr_sets)}")
+    v_nz, _ = version_features(model, tr_sets, cache, f"versions_train{len(tr_sets)}_noisy", noisy=True)
+    v_va, d_va = version_features(model, va_sets, cache, f"versions_val{len(va_sets)}")
+    f_tr = fgr_features(model, fgr_tr, cache, f"fgr_train{len(fgr_tr)}")
+    f_va = fgr_features(model, fgr_va, cache, f"fgr_val{len(fgr_va)}")
+    size = int(fgr_tr[0]["gt"].shape[-1])
+    g_tr = _cached(cache / f"garbage{args.garbage_items}_{size}.pt",
+                   lambda: head_inputs(model, garbage_batch(args.garbage_items, size, args.seed)))
+    logger.info("features ready in %.0f s: %d version sets x %d versions, %d FGR items, %d garbage",
+                time.time() - t0, v_tr.shape[0], v_tr.shape[1], f_tr.shape[0], g_tr.shape[0])
+    before = evaluate(model, v_va, d_va, f_va)
+
+    if args.reinit:
+        for head in model.score_heads:
+            for m in head.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    params = list(model.score_heads.parameters())
+    for prm in params:
+        prm.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.learning_rate, total_steps=args.steps, pct_start=0.05)
+    cfg = OrderConfig(slope=args.slope, min_gap=args.min_gap, lambda_order=args.lambda_order, lambda_cal=args.lambda_cal)
+    rng = np.random.default_rng(args.seed)
+    n_stages = model.num_stages + 1
+    history = []
+    for step in tqdm(range(args.steps), desc="fit heads"):
+        iv = torch.from_numpy(rng.integers(0, len(v_tr), args.batch_versions))
+        it = torch.from_numpy(rng.integers(0, len(f_tr), args.batch_triplets))
+        ig = torch.from_numpy(rng.integers(0, len(g_tr), args.batch_triplets // 2))
+        s_v = stage_scores(model, v_tr[iv])                       # [b, K, S]
+        s_n = stage_scores(model, v_nz[iv])
+        s_f = stage_scores(model, f_tr[it])                       # [b, 3, S]
+        s_g = stage_scores(model, g_tr[ig])                       # [b, S]
+        terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0}
+        loss = 0.0
+        for k in range(n_stages):
+            o = order_loss(s_v[..., k], d_tr[iv], cfg)
+            rank = ranking_loss(s_f[:, 0, k], s_f[:, 1, k], s_f[:, 2, k], args.margin, args.margin)
+            garb = F.relu(args.margin_garbage - (s_f[: len(ig), 2, k].detach() - s_g[:, k])).mean()
+            gap = (s_v[:, :1, k] - s_v[:, 1:, k]).mean().detach().abs().clamp_min(0.25)
+            cons = (s_n[..., k] - s_v[..., k]).abs().mean() / gap
+            lk = (o["loss"] + args.lambda_rank * rank + args.lambda_garbage * garb
+                  + args.lambda_consistency * cons)
+            loss = loss + lk / n_stages
+            for name, v in (("order", o["order"]), ("cal", o["cal"]), ("rank", rank), ("garbage", garb),
+                            ("consistency", cons)):
+                terms[name] += float(v) / n_stages
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
+            fig = evaluate(model, v_va, d_va, f_va)
+            history.append({"step": step + 1, **{k: round(v, 4) for k, v in terms.items()}, **fig})
+            last = model.num_stages
+            logger.info("step %d: loss terms %s | val s%d clean_top %.3f pair_agree %.3f triplet %.3f | s0 %.3f %.3f",
+                        step + 1, {k: round(v, 4) for k, v in terms.items()}, last, fig[f"s{last}/clean_top"],
+                        fig[f"s{last}/pair_agree"], fig[f"s{last}/triplet_acc"], fig["s0/clean_top"], fig["s0/pair_agree"])
+    model.requires_grad_(False)
+    model.register_to_config(score_calibration=fit_calibration(model, fgr_va, range(n_stages)))
+    atomic_save_model(model, args.output_dir / "model")
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "before": before, "history": history,
+              "seconds": round(time.time() - t0, 1)}
+    (args.output_dir / "result.json").write_text(json.dumps(result, indent=2))
+    logger.info("wrote %s in %.0f s", args.output_dir / "model", time.time() - t0)
+    return result
+
+
+if __name__ == "__main__":
+    main()
