@@ -138,6 +138,8 @@ def _guard(fn, *args, **kwargs):
 
 
 def _progress(progress: gr.Progress):
+    """The viewer's ``progress(fraction, message)`` on Gradio's bar: per tile with the time left when
+    an image is tiled (demo/core.py), per file in a batch."""
     return lambda fraction, message: progress(fraction, desc=message)
 
 
@@ -241,7 +243,7 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
             return md, gr.Dropdown(choices=choices, value=-1)
 
         def on_inspect(image, model_source, model_ref, stage, tile_size, opacity, colormap, overlay_mode,
-                       threshold, top_k, progress=gr.Progress(track_tqdm=True)):
+                       threshold, top_k, progress=gr.Progress()):
             return _guard(v.inspect, image, model_source, model_ref, stage, tile_size, opacity, colormap,
                           overlay_mode, threshold, int(top_k), _progress(progress))
 
@@ -251,7 +253,7 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
             return _guard(v.render, state, opacity, colormap, overlay_mode, threshold, int(top_k))
 
         def on_compare(image_a, image_b, model_source, model_ref, stage, tile_size, opacity, colormap,
-                       overlay_mode, progress=gr.Progress(track_tqdm=True)):
+                       overlay_mode, progress=gr.Progress()):
             return _guard(v.compare, image_a, image_b, model_source, model_ref, stage, tile_size, opacity,
                           colormap, overlay_mode, _progress(progress))
 
@@ -278,7 +280,7 @@ def build_app(config: Optional[ViewerConfig] = None, viewer: Optional[Viewer] = 
         run.click(on_inspect, inspect_in, inspect_out, api_name="inspect", **heavy).failure(
             on_failed, None, inspect_out, api_name=False, queue=False, show_progress="hidden")
 
-        def on_new_input(image, *rest, progress=gr.Progress(track_tqdm=True)):
+        def on_new_input(image, *rest, progress=gr.Progress()):
             if image is None:  # cleared: keep the last result on screen
                 return tuple(gr.skip() for _ in inspect_out)
             return on_inspect(image, *rest, progress=progress)

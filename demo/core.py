@@ -228,10 +228,17 @@ def analyze(
         raise ImageInputError(f"{label}: {e}") from None
     check_image_size(w, h, int(m.config.min_size), label)
     tiles = plan.tiling.count(h, w)
+    what = f"scoring {label} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, stage {plan.stage})"
     if progress is not None:
-        progress(0.0, f"scoring {label} ({w}x{h}, {tiles} tile{'s' if tiles > 1 else ''}, stage {plan.stage})")
+        progress(0.0, what)
     t0 = time.perf_counter()
-    out = pipe([rgb], stage=request.stage, tile_size=request.tile_size, output_overlays=False)
+
+    def on_tile(done: int, total: int) -> None:  # per tile, with the time left at the pace so far
+        if progress is not None and total > 1:
+            left = (time.perf_counter() - t0) / done * (total - done)
+            progress(done / total, f"{what}: tile {done} of {total}, about {left:.0f} s left")
+
+    out = pipe([rgb], stage=request.stage, tile_size=request.tile_size, output_overlays=False, on_tile=on_tile)
     pdm = np.asarray(out.pdms[0], dtype=np.float32)
     if guide is None:
         folder = m.config.get("_name_or_path") if hasattr(m.config, "get") else None

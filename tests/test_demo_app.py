@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -199,6 +200,14 @@ def test_large_images_are_tiled_like_the_cli(viewer, ref, files, pipe):
     direct = pipe(str(files["photo"]), tile_size=64, output_overlays=False)
     assert state.analysis.tiles == 9 and "9 tiles" in md
     np.testing.assert_allclose(state.analysis.pdm, direct.pdms[0], atol=1e-6)
+
+
+def test_progress_is_reported_per_tile_with_the_time_left(viewer, ref, files):
+    seen: list[tuple[float, str]] = []
+    viewer.inspect(files["photo"], *ref, -1, "64", *DISPLAY, 0.5, 5, progress=lambda f, m: seen.append((f, m)))
+    tiles = [(f, m) for f, m in seen if " tile " in m and " of 9" in m]
+    assert [round(f * 9) for f, _ in tiles] == list(range(1, 10)), seen
+    assert all(re.search(r"tile \d of 9, about \d+ s left", m) for _, m in tiles), tiles
 
 
 def test_render_redraws_without_the_model(viewer, ref, files):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import PIL.Image
@@ -99,6 +99,7 @@ class FinPercepRewardPipeline(DiffusionPipeline):
         overlay_alpha: float = 0.6,
         cmap: str = "inferno",
         return_dict: bool = True,
+        on_tile: Optional[Callable[[int, int], None]] = None,
     ) -> Union[FinPercepRewardOutput, tuple]:
         """Score ``images``: file paths, PIL images (any mode), numpy ``HxW[xC]`` arrays, or torch
         tensors (``3xHxW`` or ``Bx3xHxW`` in [0, 1]); a single image or a list.
@@ -109,6 +110,8 @@ class FinPercepRewardPipeline(DiffusionPipeline):
                 (default: the model's ``native_size``, see :mod:`diffusers_ext.request`). ``0`` never tiles.
             batch_size: how many same-size images go through the model at once.
             output_overlays / overlay_alpha / cmap: heat-map overlays of the maps.
+            on_tile: called as ``on_tile(done, total)`` after each model pass (one per tile, one per
+                untiled batch), e.g. for a progress bar with a time estimate in a UI.
         """
         model = self.reward_model
         plan = resolve(model, ScoreRequest.parse(stage, tile_size, tile_overlap))
@@ -127,9 +130,19 @@ class FinPercepRewardPipeline(DiffusionPipeline):
         batches = [idx[j:j + batch_size] for idx in groups.values() for j in range(0, len(idx), batch_size)]
         passes = sum(tiles[idx[0]] for idx in batches)
         bar = self.progress_bar(total=passes) if passes > 1 else None
+        done = 0
+
+        def on_pass() -> None:
+            nonlocal done
+            done += 1
+            if bar is not None:
+                bar.update()
+            if on_tile is not None:
+                on_tile(min(done, passes), passes)
+
         for idx in batches:
             x = torch.cat([tensors[i] for i in idx]).to(device, dtype)
-            out = model(x, stage=plan.stage, tiling=plan.tiling, on_pass=None if bar is None else bar.update)
+            out = model(x, stage=plan.stage, tiling=plan.tiling, on_pass=on_pass)
             for k, i in enumerate(idx):
                 raws[i] = float(out.raw_score[k])
                 maps[i] = out.pdm[k, 0].float().cpu().numpy()
