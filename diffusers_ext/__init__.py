@@ -18,6 +18,8 @@ _LAZY = {
     "build_backbone": "diffusers_ext.backbones",
     "DEFAULT_MODEL_DIR": "diffusers_ext.hub",
     "OneStepSRPipeline": "diffusers_ext.pipelines.pipeline_onestep_sr",
+    "FullReferencePipeline": "diffusers_ext.pipelines.pipeline_full_reference",
+    "FullReferenceOutput": "diffusers_ext.pipelines.pipeline_full_reference",
 }
 
 __all__ = sorted(_LAZY)
@@ -27,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hub import DEFAULT_MODEL_DIR
     from .models.finpercep_rm import FinPercepRM, FinPercepRMOutput
     from .pipelines.pipeline_finpercep_reward import FinPercepRewardOutput, FinPercepRewardPipeline
+    from .pipelines.pipeline_full_reference import FullReferenceOutput, FullReferencePipeline
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,8 @@
 
     finpercep score IMAGE... [--model PATH|HUB_ID] [--pdm-dir DIR] [--device cpu|cuda] [--stage K]
                     [--tile N] [--tile-overlap N]        (each option also takes "default")
+    finpercep compare IMAGE... --ref REF [--metrics psnr,ssim,lpips_alex,lpips_vgg,dists] [--map-dir DIR]
+                      [--resize-ref [auto|bicubic|area]] [--device cpu|cuda]   (diffusers_ext/compare_cli.py)
     finpercep view [--host 127.0.0.1] [--port 7860] [--model ...] ...   (from the demo package)
 
 ``score`` prints one JSON object per image on stdout (``score``: the calibrated score in (0, 1) of a
@@ -24,6 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .compare_cli import register as register_compare
 
 COMMANDS_GROUP = "finpercep.commands"
 #: ``finpercep score``'s flag of each request option (error messages name the flag the user typed).
@@ -67,6 +70,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--tile-overlap", default="default", help="tile overlap in px (default: a sixth of the tile)")
     sc.add_argument("--cmap", default="inferno", help="overlay colormap (default: inferno)")
     sc.set_defaults(func=score_command)
+    register_compare(sub)
     for name, candidates in _plugin_commands().items():
         error: Optional[Exception] = None
         for ep in candidates:
