@@ -6,6 +6,7 @@ seed 0, then the ccl arm for seeds 0 and 1 in the same folder (seed 0 is reused,
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -71,10 +72,12 @@ def test_an_arm_runs_once_per_seed_and_the_seeds_are_aggregated(run):
     assert base["judge_score"] != pytest.approx(base["s_globalN"], abs=1e-6)
     # flagged = above the judge's 99th percentile on HR pixels: about 1 % of HR by construction
     assert res["per_seed"][0]["rows"]["hr (reference)"]["judge_flagged"] == pytest.approx(0.01, abs=0.005)
-    assert res["per_seed"][0]["rows"]["hr (reference)"]["percep"] == pytest.approx(0.0, abs=1e-6)
-    assert res["per_seed"][0]["rows"]["base"]["percep"] > 0.0
+    for key in ("lpips_alex", "lpips_vgg", "dists"):
+        assert res["per_seed"][0]["rows"]["hr (reference)"][key] == pytest.approx(0.0, abs=1e-6)
+        assert res["per_seed"][0]["rows"]["base"][key] > 0.0
     table = (out / "results.md").read_text()
-    assert "judge_flagged" in table and "percep" in table and "| ccl |" in table
+    assert "judge_flagged" in table and "lpips_vgg" in table and "dists" in table and "| ccl |" in table
+    assert "percep" not in table
     for png in ("curves.png", "examples.png"):
         assert Image.open(out / png).size[0] > 100
     saved = json.loads((out / "results.json").read_text())
@@ -107,9 +110,19 @@ def test_the_hacking_benchmark_reads_the_experiment(run, tmp_path):
     rows = saved["per_seed"]["0"]["rows"]
     excess = rows["ccl"]["reward_final"] - rows["hr (reference)"]["reward_final"]
     d_psnr = [r["rows"]["ccl"]["psnr"] - r["rows"]["base"]["psnr"] for r in saved["per_seed"].values()]
-    d_percep = [r["rows"]["ccl"]["percep"] - r["rows"]["base"]["percep"] for r in saved["per_seed"].values()]
+    d_dists = [r["rows"]["ccl"]["dists"] - r["rows"]["base"]["dists"] for r in saved["per_seed"].values()]
     line = next(x for x in text.splitlines() if "| ccl |" in x)
-    assert f"{np.mean(d_psnr):+.3f}" in line and f"{np.mean(d_percep):+.3f}" in line
+    assert f"{np.mean(d_psnr):+.3f}" in line and f"{np.mean(d_dists):+.3f}" in line
+    head = text.splitlines()[0]
+    assert "LPIPS-alex - base" in head and "LPIPS-vgg - base" in head and "DISTS - base" in head
+    # an experiment of an older version (percep, no LPIPS/DISTS) still reads: n/a in the new columns
+    old = json.loads(json.dumps(saved))
+    for r in old["per_seed"].values():
+        for row in r["rows"].values():
+            row["percep"] = row.pop("dists")
+            del row["lpips_alex"], row["lpips_vgg"]
+    cells = hacking.arm_rows(old)["ccl"]
+    assert cells["d_percep"] == pytest.approx(d_dists) and all(math.isnan(v) for v in cells["d_lpips_alex"])
     assert hacking.arm_rows(saved)["ccl"]["reward_excess"][0] == pytest.approx(excess)
     # an arm whose reward ends above HR's while PSNR falls more than 1 dB counts as hacked
     fake = json.loads(json.dumps(saved))

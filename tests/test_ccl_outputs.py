@@ -112,13 +112,25 @@ def test_monitor_plot_keeps_a_minimum_span_and_labels_its_axes(tmp_path):
     assert len(ys) and ys.max() - ys.min() < 20
 
 
-def test_the_perceptual_distance_is_zero_on_hr_and_grows_with_the_damage():
+def test_the_perceptual_columns_are_zero_on_hr_and_grow_with_the_damage():
     from skimage import data
+
+    from diffusers_ext.perceptual import LPIPS
+    from diffusers_ext.rewards import RewardConfig
 
     hr = torch.from_numpy(data.astronaut()[:128, :128] / 255.0).permute(2, 0, 1)[None].float()
     blur = [torch.nn.functional.avg_pool2d(hr, k, 1, k // 2, count_include_pad=False) for k in (3, 5, 9)]
     faint = (hr + torch.randn(hr.shape, generator=torch.Generator().manual_seed(0)) / 255).clamp(0, 1)
-    d = ccl_monitor.PerceptualDistance()(torch.cat([hr, faint, *blur]), hr.repeat(5, 1, 1, 1))
-    assert abs(float(d[0])) < 1e-6
-    assert float(d[1]) < float(d[2]) < float(d[3]) < float(d[4])  # invisible noise < light blur < heavy blur
+    mon = ccl_monitor.Monitor(hr, hr, make_tiny_model(seed=0).eval(), RewardConfig(), 0, brisque="off", lpips_vgg=True)
+    recs = [mon.image_metrics(sr, RewardConfig(), 0) for sr in (hr, faint, *blur)]
+    assert "percep" not in recs[0]  # the home-made Lite2 distance is no longer computed
+    for key in ("lpips_alex", "lpips_vgg", "dists"):
+        values = [r[key] for r in recs]
+        assert abs(values[0]) < 1e-6, key
+        assert values[1] < values[2] < values[3] < values[4], (key, values)  # invisible noise < light < heavy blur
+        assert "lower = better" in ccl_monitor.LABELS[key] and key in ccl_monitor.MIN_SPAN
+    assert recs[4]["lpips_alex"] == pytest.approx(float(LPIPS("alex")(blur[2], hr)[0]), abs=1e-6)
+    assert "lpips_vgg" not in ccl_monitor.Monitor(hr, hr, make_tiny_model(seed=0), RewardConfig(), 0,
+                                                  brisque="off").image_metrics(hr, RewardConfig(), 0)
+    # the monitor.jsonl of older runs (with percep) still plots, with its label
     assert "lower = better" in ccl_monitor.LABELS["percep"]

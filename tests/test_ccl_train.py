@@ -95,9 +95,9 @@ def test_run_outputs_curriculum_monitor_and_card(assets, tmp_path):
     assert all("fidelity" in r for r in log)
     mon = [json.loads(x) for x in (out / "monitor.jsonl").read_text().splitlines()]
     assert [m["step"] for m in mon] == [0, 2, 4]
-    for key in ("reward", "score", "pdm_penalty", "psnr", "ssim", "percep", "judge_score", "judge_flagged"):
+    for key in ("reward", "score", "pdm_penalty", "psnr", "ssim", "lpips_alex", "dists", "judge_score", "judge_flagged"):
         assert all(key in m for m in mon), key
-    assert all(m["percep"] > 0 for m in mon)
+    assert all(m["lpips_alex"] > 0 and m["dists"] > 0 and "lpips_vgg" not in m and "percep" not in m for m in mon)
     # BRISQUE (default --brisque auto) is there exactly when its model files are (Debian opencv-doc)
     has_brisque = ccl_monitor.brisque_unavailable() is None
     assert all(("brisque" in m) == has_brisque for m in mon)

@@ -144,6 +144,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "auto = when the files are there (else a warning and no brisque column), on = required "
                         "(checked at start), off = never")
     g.add_argument("--no_brisque", action="store_true", help="same as --brisque off")
+    g.add_argument("--monitor_lpips_vgg", action="store_true",
+                   help="also LPIPS (VGG16) to HR in the monitor (lpips_alex and dists always; VGG16 costs about "
+                        "as much as DISTS again)")
     g = p.add_argument_group("Hub")
     g.add_argument("--push_to_hub", action="store_true", help="upload <output_dir>/lora at the end")
     g.add_argument("--hub_model_id", default=None, help="owner/name of the adapter repo")
@@ -399,7 +402,8 @@ def main(argv: Optional[list[str]] = None,
                 raise ValueError(f"--judge_stage {judge_stage}: the judge has stages 0..{judge.num_stages}")
         last = schedule.stages[-1]
         monitor = Monitor(val_lr, val_hr, rm, last.reward_config(schedule.reward), last.rm_stage, judge=judge,
-                          judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque)
+                          judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque,
+                          lpips_vgg=args.monitor_lpips_vgg)
 
     ckpt_root = args.output_dir / "checkpoints"
     start_step = 0

@@ -11,8 +11,9 @@ Arms (same policy, data, budget, optimizer; only the reward schedule differs):
 Policy: a real pretrained Real-ESRGAN-family network (default realesr-animevideov3-x4), LoRA on its
 convolutions. Afterwards every arm (and the untouched base network) is scored on fixed crops of the
 *test* photos (never trained on): the final reward, the stage-0 score, PSNR/SSIM to HR, BRISQUE (NaN
-without Debian opencv-doc's model files), a perceptual distance to HR from ImageNet EfficientNet-Lite2
-features (``percep``, training/ccl/monitor.py :class:`PerceptualDistance`), and
+without Debian opencv-doc's model files), the full-reference perceptual distances to HR with the published
+weights (``lpips_alex``, ``lpips_vgg``, ``dists``: :mod:`diffusers_ext.perceptual`; results of older
+versions have ``percep`` instead, a home-made EfficientNet-Lite2 distance no longer computed), and
 the score and flagged-pixel share of a *judge*: a second reward model of another backbone
 (EfficientNet-Lite1) trained on other triplets (7,000 of an FGR build of its own, data seed 1, in
 ``data/fgr_v4_judge``; the bundled model trains on the seed-0 build) with another seed
@@ -165,18 +166,20 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
     final = RewardConfig(lambda_global=1.0, lambda_pdm=1.0)
     # a pixel is "flagged" when the judge's map there exceeds what it gives 99 % of the HR pixels
     threshold = float(torch.quantile(judge(hr, stage=jstage).pdm.flatten(), 0.99)) if jstage > 0 else 0.5
-    mon = Monitor(lr, hr, rm, final, n_stages, judge=judge, judge_stage=jstage, flag_threshold=threshold)
+    mon = Monitor(lr, hr, rm, final, n_stages, judge=judge, judge_stage=jstage, flag_threshold=threshold,
+                  lpips_vgg=True)
 
     def row(images: torch.Tensor) -> dict[str, float]:
         m = mon.image_metrics(images, RewardConfig(lambda_global=1.0, lambda_pdm=0.0), 0)
         return {"reward_final": m["reward_final"], "s_global0": m["s_global0"],
                 "s_globalN": rm(images, stage=n_stages).score.mean().item(), "psnr": m["psnr"], "ssim": m["ssim"],
-                **{k: m.get(k, float("nan")) for k in ("brisque", "percep", "judge_flagged", "judge_pdm")},
+                **{k: m.get(k, float("nan")) for k in ("brisque", "lpips_alex", "lpips_vgg", "dists", "judge_flagged",
+                                                       "judge_pdm")},
                 "judge_score": m["judge_score"]}
 
     base_sr = mon.sr_images(base, dev)
     base_row = row(base_sr)
-    hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}  # its percep is 0 by definition
+    hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}  # its lpips_* and dists are 0 by definition
     meta = {"test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
             "test_photos": sorted({p.id for p in photos})}
     per_seed = {}
@@ -211,7 +214,8 @@ def save_examples(lr, hr, images: dict, path: Path, scale: int, n: int = 4) -> N
     sheet.save(path)
 
 
-KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "percep", "judge_score", "judge_pdm", "judge_flagged"]
+KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "lpips_alex", "lpips_vgg", "dists",
+        "judge_score", "judge_pdm", "judge_flagged"]
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -252,11 +256,14 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
                 runs[label] = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
                 fade = min(0.6, 0.3 * i)  # later seeds: lighter shades of the arm's colour
                 colors[label] = tuple(int(c + (255 - c) * fade) for c in base.get(arm, (90, 90, 90)))
-    plot_curves([], path, keys=["reward_final", "psnr", "ssim", "brisque", "percep", "judge_score", "judge_pdm"],
+    every = [h for hist in runs.values() for h in hist]
+    keys = [k for k in ("reward_final", "psnr", "ssim", "brisque", "percep", "lpips_alex", "dists", "judge_score",
+                        "judge_pdm") if any(k in h for h in every)]  # percep: runs of older versions
+    plot_curves([], path, keys=keys or None,
                 runs=runs,
                 colors=colors,
                 title=f"validation curves of every arm (judge: {'independent model' if args.judge_model else 'same model'}"
-                      "; lower is better for brisque, percep and judge_pdm)")
+                      "; lower is better for brisque, lpips, dists and judge_pdm)")
 
 
 def main(argv=None) -> dict:

@@ -7,10 +7,11 @@ Per arm, over the seeds of an experiment (mean, and the range when there are sev
 
 * ``reward - HR``: the arm's final reward minus that of the HR photos themselves, by the reward model
   the runs were started from (above 0: the policy "beats" the ground truth on its own reward);
-* ``PSNR - base`` / ``SSIM - base`` / ``BRISQUE - base`` / ``percep - base`` / ``judge - base``:
-  against the untouched base network, on the same test crops (BRISQUE and the perceptual distance to
-  HR lower is better; the judge is an independent reward model no run trains on; ``n/a`` for
-  experiments from before the perceptual distance was measured);
+* ``PSNR - base`` / ``SSIM - base`` / ``BRISQUE - base`` / ``percep - base`` / ``LPIPS-alex - base`` /
+  ``LPIPS-vgg - base`` / ``DISTS - base`` / ``judge - base``: against the untouched base network, on the
+  same test crops (BRISQUE and the perceptual distances to HR: lower is better; the judge is an
+  independent reward model no run trains on). ``n/a`` where an experiment lacks the column: ``percep``
+  (home-made EfficientNet-Lite2 distance) exists only in older experiments, LPIPS / DISTS only in newer;
 * ``hacked``: seeds where the reward ends above HR's *and* PSNR fell more than ``--psnr_drop`` dB
   (1 by default) below the base: the reward rose by a route that is not a better image.
 
@@ -28,7 +29,10 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 COLUMNS = [("reward_excess", "reward - HR"), ("d_psnr", "PSNR - base (dB)"), ("d_ssim", "SSIM - base"),
-           ("d_brisque", "BRISQUE - base"), ("d_percep", "percep - base"), ("d_judge", "judge - base")]
+           ("d_brisque", "BRISQUE - base"), ("d_percep", "percep - base"), ("d_lpips_alex", "LPIPS-alex - base"),
+           ("d_lpips_vgg", "LPIPS-vgg - base"), ("d_dists", "DISTS - base"), ("d_judge", "judge - base")]
+#: Columns that older (or newer) experiments may lack: ``n/a`` instead of an error.
+_OPTIONAL = ("percep", "lpips_alex", "lpips_vgg", "dists")
 
 
 def arm_rows(results: dict[str, Any], psnr_drop: float = 1.0) -> dict[str, dict[str, Any]]:
@@ -43,7 +47,7 @@ def arm_rows(results: dict[str, Any], psnr_drop: float = 1.0) -> dict[str, dict[
             rec = out.setdefault(arm, {k: [] for k, _ in COLUMNS} | {"hacked": 0, "seeds": 0})
             vals = {"reward_excess": r["reward_final"] - hr["reward_final"], "d_psnr": r["psnr"] - base["psnr"],
                     "d_ssim": r["ssim"] - base["ssim"], "d_brisque": r["brisque"] - base["brisque"],
-                    "d_percep": r.get("percep", math.nan) - base.get("percep", math.nan),
+                    **{f"d_{k}": r.get(k, math.nan) - base.get(k, math.nan) for k in _OPTIONAL},
                     "d_judge": r["judge_score"] - base["judge_score"]}
             for k, v in vals.items():
                 rec[k].append(float(v))

