@@ -115,6 +115,12 @@ def test_the_hacking_benchmark_reads_the_experiment(run, tmp_path):
     assert f"{np.mean(d_psnr):+.3f}" in line and f"{np.mean(d_dists):+.3f}" in line
     head = text.splitlines()[0]
     assert "LPIPS-alex - base" in head and "LPIPS-vgg - base" in head and "DISTS - base" in head
+    assert "hack flag seeds" in head and "hack" in (root / "out" / "results.md").read_text().splitlines()[0]
+    # the hack flag against the base network: 0 or 1 per arm and seed, 0 for the base itself
+    assert rows["base"]["hack"] == 0.0 and rows["ccl"]["hack"] in (0.0, 1.0)
+    # the runs' monitors carry LPIPS-VGG (the curves draw it) and the flag against their step 0
+    mon = [json.loads(x) for x in (root / "out" / "seed0" / "ccl" / "monitor.jsonl").read_text().splitlines()]
+    assert all("lpips_vgg" in m and m["hack"] in (0.0, 1.0) for m in mon)
     # an experiment of an older version (percep, no LPIPS/DISTS) still reads: n/a in the new columns
     old = json.loads(json.dumps(saved))
     for r in old["per_seed"].values():

@@ -23,6 +23,28 @@ The same command is installed as ``finpercep-train-lora`` (training/cli.py). BRI
 is optional (``--brisque auto``, the default): without its model files (Debian ``opencv-doc``, or
 ``$FINPERCEP_BRISQUE_DIR``) the run warns once and the ``brisque`` column is left out; ``--brisque on``
 makes the files a requirement checked at start, ``--brisque off`` (or ``--no_brisque``) skips it.
+
+Fidelity without HR (training/ccl/fidelity.py): ``--fidelity lr`` adds LR consistency, the L1 distance
+of the SR output degraded back to the LR size (``--lr_consistency_kernel``: ``auto`` = ``area`` for
+``--degradation clean``, whose LR inputs are exactly area downscales, else ``bicubic``; ``area``,
+``bicubic`` (antialiased) or ``gaussian:SIGMA`` (Gaussian blur of SIGMA HR pixels, then sampling at the
+LR pixel centres)) from the LR input. It never reads the HR image, so it serves real low-quality photos
+with no HR; any policy kind (the decoded image of the diffusion policies), batch size and scale.
+
+Per-term normalization (training/ccl/term_norm.py, OURS): ``--term_norm abs|std`` divides the global
+score, the PDM penalty (one running scale per reward-model stage) and the fidelity term by a running
+scale (EMA of the mean absolute value, or the standard deviation, momentum ``--term_norm_momentum``)
+before fusion, so that λ1, λ2 and ``--lambda_fidelity`` weigh terms of comparable size; ``--grad_scale``
+then scales the whole loss (fidelity included) and the default ReFL margin is a clean photo's
+normalized reward. Off by default (``--term_norm off``: the loss of earlier runs, unchanged). The
+running scales are in every checkpoint's trainer state (exact resume) and, per step, in
+``train_log.jsonl`` (``scale/<term>``).
+
+Hack flag (training/ccl/hackflag.py): each monitor evaluation gets ``hack`` = 1 when ``reward_final`` is
+above its step-0 value by more than ``--hack_reward_margin`` (0.05) while LPIPS-alex and DISTS to HR are
+both worse than at step 0 by more than ``--hack_perceptual_margin`` (0.01); a flagged evaluation logs
+a warning line, and ``final_metrics.json`` / ``result.json['final']`` carry ``hack`` (the last
+evaluation), ``hack_evals`` (flagged evaluations) and ``hack_first_step`` (-1: never).
 """
 from __future__ import annotations
 
@@ -38,12 +60,15 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-import torch.nn.functional as F
 
 from diffusers_ext.policies import POLICY_KINDS
 from diffusers_ext.rewards import compute_reward, refl_loss
 from training.distributed import end_run
 from training.ccl.coevolve import MEMORY_FILE, REWARD_WEIGHTS
+from training.ccl.fidelity import FIDELITY_KINDS, KERNEL_HELP, NEEDS_HR, fidelity_loss, parse_kernel
+from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import summary as hack_summary
+from training.ccl.term_norm import NORM_MODES, TermScales, normalized_loss
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
 from training.checkpointing import (checkpoint_step, find_checkpoint, read_checkpoint_json,
                                     save_checkpoint)
@@ -98,9 +123,20 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="relu loss margin; default: the reward of a clean photo on the calibrated scale, "
                         "0.9·λ1 + λ2 of the current stage (no push past HR quality); 2.0 = ImageReward's")
     g.add_argument("--grad_scale", type=float, default=1e-3)
-    g.add_argument("--fidelity", choices=["none", "l1", "mse", "latent_mse"], default="none",
-                   help="extra fidelity term against the HR image (latent_mse: diffusion policies only)")
+    g.add_argument("--fidelity", choices=FIDELITY_KINDS, default="none",
+                   help="extra fidelity term: l1 / mse against the HR image, latent_mse against the encoded HR "
+                        "(diffusion policies only), lr = LR consistency: L1 of the SR output degraded back to the "
+                        "LR size against the LR input (no HR needed: real low-quality photos)")
     g.add_argument("--lambda_fidelity", type=float, default=1.0)
+    g.add_argument("--lr_consistency_kernel", default="auto",
+                   help=f"--fidelity lr: the degradation SR -> LR, {KERNEL_HELP}. auto: area for --degradation "
+                        "clean (its exact kernel), else bicubic; area: block mean; bicubic: antialiased bicubic "
+                        "downscale; gaussian:SIGMA: Gaussian blur (SIGMA in HR px) then LR-centre sampling")
+    g.add_argument("--term_norm", choices=NORM_MODES, default="off",
+                   help="per-term normalization before fusion: divide score, PDM penalty and fidelity by a running "
+                        "scale (abs: EMA of |x|; std: running standard deviation); --grad_scale then scales the "
+                        "whole loss. off: the raw terms")
+    g.add_argument("--term_norm_momentum", type=float, default=0.99, help="EMA momentum of the running scales")
     g = p.add_argument_group("data")
     g.add_argument("--train_data", action="append", default=[],
                    help="a folder of HR photos (repeatable); added to --photo_sources")
@@ -144,6 +180,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "auto = when the files are there (else a warning and no brisque column), on = required "
                         "(checked at start), off = never")
     g.add_argument("--no_brisque", action="store_true", help="same as --brisque off")
+    g.add_argument("--hack_reward_margin", type=float, default=0.05,
+                   help="hack flag: reward_final above its step-0 value by more than this ...")
+    g.add_argument("--hack_perceptual_margin", type=float, default=0.01,
+                   help="... while LPIPS-alex and DISTS to HR are both worse than at step 0 by more than this")
     g.add_argument("--monitor_lpips_vgg", action="store_true",
                    help="also LPIPS (VGG16) to HR in the monitor (lpips_alex and dists always; VGG16 costs about "
                         "as much as DISTS again)")
@@ -181,6 +221,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         p.error("--push_to_hub needs --hub_model_id owner/name")
     if args.fidelity == "latent_mse" and args.policy == "feedforward":
         p.error("--fidelity latent_mse needs a latent-diffusion policy; use l1 or mse with --policy feedforward")
+    try:
+        args.lr_kernel = parse_kernel(args.lr_consistency_kernel, args.degradation)
+    except ValueError as e:
+        p.error(str(e))
+    if not 0.0 <= args.term_norm_momentum < 1.0:
+        p.error(f"--term_norm_momentum must be in [0, 1), got {args.term_norm_momentum}")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "lora_rank", "validation_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1")
@@ -245,22 +291,13 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.learning_rate
 
 
-def fidelity_loss(kind: str, out: dict[str, Any], hr: torch.Tensor, policy) -> torch.Tensor:
-    if kind == "l1":
-        return F.l1_loss(out["images"].float(), hr)
-    if kind == "mse":
-        return F.mse_loss(out["images"].float(), hr)
-    target = policy.encode_target(hr)
-    return F.mse_loss(out["latents"].float(), target.float())
-
-
 def command_line(args: argparse.Namespace) -> str:
     return "accelerate launch -m training.ccl_lora " + " ".join(shlex.quote(a) for a in args.argv)
 
 
 def jsonable_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k != "argv"}
+            if k not in ("argv", "lr_kernel")}
 
 
 # --------------------------------------------------------------------------------------- main
@@ -403,8 +440,12 @@ def main(argv: Optional[list[str]] = None,
         last = schedule.stages[-1]
         monitor = Monitor(val_lr, val_hr, rm, last.reward_config(schedule.reward), last.rm_stage, judge=judge,
                           judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque,
-                          lpips_vgg=args.monitor_lpips_vgg)
+                          lpips_vgg=args.monitor_lpips_vgg,
+                          hack_rule=HackRule(args.hack_reward_margin, args.hack_perceptual_margin))
 
+    scales = TermScales(args.term_norm, args.term_norm_momentum)
+    if args.fidelity == "lr":
+        logger.info("fidelity: LR consistency, kernel %s (the HR images are not used by the loss)", args.lr_kernel)
     ckpt_root = args.output_dir / "checkpoints"
     start_step = 0
     train_log: list[dict[str, float]] = []
@@ -419,6 +460,7 @@ def main(argv: Optional[list[str]] = None,
         train_log = state.get("train_log", [])
         if coevolver is not None:
             coevolver.load_state_dict(state.get("coevolve", {}))
+        scales.load_state_dict(state.get("term_norm", {}))
         if accelerator.is_main_process:
             monitor.history = state.get("monitor", [])
         logger.info("resumed from %s at step %d, CCL stage %s", resume, start_step, tracker.stage.label(tracker.index))
@@ -440,6 +482,7 @@ def main(argv: Optional[list[str]] = None,
     def trainer_state() -> dict[str, Any]:
         return {"tracker": tracker.state_dict(), "train_log": train_log,
                 "monitor": monitor.history if accelerator.is_main_process else [], "args": jsonable_args(args),
+                **({"term_norm": scales.state_dict()} if scales.enabled else {}),
                 **({"coevolve": coevolver.state_dict()} if coevolver is not None else {})}
 
     if start_step == 0:
@@ -458,17 +501,26 @@ def main(argv: Optional[list[str]] = None,
         fid_sum = 0.0
         for micro in range(args.gradient_accumulation_steps):
             lr_img, hr_img = data.batch(args.train_batch_size, step, micro, rank, world)
-            lr_img, hr_img = lr_img.to(device), hr_img.to(device)
+            lr_img = lr_img.to(device)
+            hr_img = hr_img.to(device) if args.fidelity in NEEDS_HR else None  # --fidelity lr: no HR
             gen = step_generator(args.seed, step, micro, rank)
             with accelerator.accumulate(policy_ddp):
                 with accelerator.autocast():
                     out = policy_ddp(lr_img, generator=gen)
                     terms = compute_reward(rm, out["images"].float(), rcfg, stage=stage.rm_stage)
-                    margin = args.refl_margin if args.refl_margin is not None else clean_reward_margin(rcfg)
-                    loss = refl_loss(terms.reward, args.refl_loss, margin, args.grad_scale)
-                    if args.fidelity != "none":
-                        fid = fidelity_loss(args.fidelity, out, hr_img, policy)
-                        loss = loss + args.lambda_fidelity * fid
+                    fid = (fidelity_loss(args.fidelity, out, policy, hr=hr_img, lr=lr_img, kernel=args.lr_kernel)
+                           if args.fidelity != "none" else None)
+                    if scales.enabled:
+                        loss = normalized_loss(terms.score, terms.pdm_penalty, stage.rm_stage, rcfg, fid,
+                                               args.lambda_fidelity, scales,
+                                               lambda t: accelerator.reduce(t.to(device), reduction="mean"),
+                                               args.refl_loss, args.grad_scale, args.refl_margin)
+                    else:
+                        margin = args.refl_margin if args.refl_margin is not None else clean_reward_margin(rcfg)
+                        loss = refl_loss(terms.reward, args.refl_loss, margin, args.grad_scale)
+                        if fid is not None:
+                            loss = loss + args.lambda_fidelity * fid
+                    if fid is not None:
                         fid_sum += float(fid.detach())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
@@ -484,6 +536,8 @@ def main(argv: Optional[list[str]] = None,
                "rm_stage": stage.rm_stage, "ccl_stage": tracker.index, "lr": lr_at(step, args)}
         if args.fidelity != "none":
             rec["fidelity"] = fid_sum / args.gradient_accumulation_steps
+        if scales.enabled:
+            rec.update({f"scale/{k}": v for k, v in scales.scales().items()})
         train_log.append(rec)
         accelerator.log({f"train/{k}": v for k, v in rec.items() if k != "step"}, step=done)
         event = tracker.update(done, reward)
@@ -529,6 +583,10 @@ def main(argv: Optional[list[str]] = None,
         logger.warning("the processes switched the curriculum on different steps: %s", result["rank_switch_steps"])
     if accelerator.is_main_process:
         final = dict(monitor.history[-1]) if monitor.history else {}
+        final.update(hack_summary(monitor.history))
+        if final.get("hack_evals", 0) > 0:
+            logger.warning("the hack flag was raised at %d evaluation(s), first at step %d (rule: %s)",
+                           int(final["hack_evals"]), int(final["hack_first_step"]), monitor.hack_rule.describe())
         result["final"] = final
         info = policy.card_info()
         if args.card_base_model:

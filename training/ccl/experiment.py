@@ -20,7 +20,10 @@ the score and flagged-pixel share of a *judge*: a second reward model of another
 (``--judge_model``; built and trained first into ``runs/judge_v4_lite1`` when missing, see
 :func:`ensure_judge`). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
-``results.json``, ``results.md`` (mean and range over seeds), ``examples.png`` (first seed),
+``results.json``, ``results.md`` (mean and range over seeds; its ``hack`` column is the share of
+seeds whose arm is flagged by the hack rule against the base network: ``reward_final`` up by more than
+``--hack_reward_margin`` while LPIPS-alex and DISTS are both worse by more than
+``--hack_perceptual_margin``, training/ccl/hackflag.py), ``examples.png`` (first seed),
 ``curves.png`` (validation curves of every arm), ``hacking.md`` (the reward-hacking benchmark,
 training/ccl/hacking.py) and each run's ``monitor.png`` under ``--out``. Every arm is scored by the
 reward model the runs started from (the co-evolving arm's adapted model is not its own judge).
@@ -38,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from training.ccl.hackflag import HackRule
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
@@ -90,9 +95,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hr_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--lora_rank", type=int, default=8)
-    p.add_argument("--fidelity", choices=["none", "l1", "mse"], default="none",
-                   help="fidelity term against HR added to the ReFL loss in every arm")
+    p.add_argument("--fidelity", choices=["none", "l1", "mse", "lr"], default="none",
+                   help="fidelity term added to the ReFL loss in every arm: l1 / mse against HR, lr = LR "
+                        "consistency (no HR; training/ccl/fidelity.py)")
     p.add_argument("--lambda_fidelity", type=float, default=1.0)
+    p.add_argument("--lr_consistency_kernel", default="auto", help="--fidelity lr: the SR -> LR kernel (ccl_lora)")
+    p.add_argument("--term_norm", choices=["off", "abs", "std"], default="off",
+                   help="per-term normalization of the loss terms (ccl_lora --term_norm)")
+    p.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
+                   help="hack flag: reward_final above the base network's by more than this ...")
+    p.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
+                   help="... while LPIPS-alex and DISTS to HR are both worse than the base's by more than this "
+                        "(the runs' monitors use the same margins against their step 0)")
     p.add_argument("--validation_steps", type=int, default=50)
     p.add_argument("--validation_images", type=int, default=8)
     p.add_argument("--test_images", type=int, default=16)
@@ -133,6 +147,9 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
            "--max_train_steps", str(args.steps), "--train_batch_size", str(args.batch), "--hr_size", str(args.hr_size),
            "--learning_rate", str(args.learning_rate), "--lora_rank", str(args.lora_rank),
            "--fidelity", args.fidelity, "--lambda_fidelity", str(args.lambda_fidelity),
+           "--lr_consistency_kernel", args.lr_consistency_kernel, "--term_norm", args.term_norm,
+           "--hack_reward_margin", str(args.hack_reward_margin),
+           "--hack_perceptual_margin", str(args.hack_perceptual_margin), "--monitor_lpips_vgg",
            "--validation_steps", str(args.validation_steps), "--validation_images", str(args.validation_images),
            "--checkpointing_steps", "50", "--resume_from_checkpoint", "latest", "--photo_sources", args.photo_sources,
            "--seed", str(seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
@@ -177,9 +194,18 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
                                                        "judge_pdm")},
                 "judge_score": m["judge_score"]}
 
+    rule = HackRule(args.hack_reward_margin, args.hack_perceptual_margin)
+
+    def flagged(r: dict[str, float]) -> float:
+        """1 when ``r`` is a hack against the base network (:mod:`training.ccl.hackflag`), NaN undecided."""
+        flag = rule.check(base_row, r)
+        return float("nan") if flag is None else float(flag)
+
     base_sr = mon.sr_images(base, dev)
     base_row = row(base_sr)
+    base_row["hack"] = 0.0
     hr_row = {**row(hr), "psnr": float("inf"), "ssim": 1.0}  # its lpips_* and dists are 0 by definition
+    hr_row["hack"] = flagged(hr_row)
     meta = {"test_images": len(lr), "judge_stage": jstage, "flag_threshold": threshold, "n_stages": n_stages,
             "test_photos": sorted({p.id for p in photos})}
     per_seed = {}
@@ -189,6 +215,7 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
             policy = FeedForwardSRPolicy.from_pretrained(args.net).load_lora(run_dir(args, arm, seed) / "lora").eval()
             images[arm] = mon.sr_images(policy, dev)
             rows[arm] = row(images[arm])
+            rows[arm]["hack"] = flagged(rows[arm])
         rows["hr (reference)"] = hr_row
         if i == 0:
             save_examples(lr, hr, images, args.out / "examples.png", base.scale)
@@ -214,8 +241,10 @@ def save_examples(lr, hr, images: dict, path: Path, scale: int, n: int = 4) -> N
     sheet.save(path)
 
 
+#: ``hack``: the hack flag against the base network (training/ccl/hackflag.py); its mean over seeds is
+#: the share of seeds flagged.
 KEYS = ["reward_final", "s_global0", "s_globalN", "psnr", "ssim", "brisque", "lpips_alex", "lpips_vgg", "dists",
-        "judge_score", "judge_pdm", "judge_flagged"]
+        "judge_score", "judge_pdm", "judge_flagged", "hack"]
 
 
 def aggregate(per_seed: dict[int, dict]) -> dict[str, dict[str, dict[str, float]]]:
@@ -257,8 +286,9 @@ def plot_arm_curves(args: argparse.Namespace, arms: list[str], path: Path) -> No
                 fade = min(0.6, 0.3 * i)  # later seeds: lighter shades of the arm's colour
                 colors[label] = tuple(int(c + (255 - c) * fade) for c in base.get(arm, (90, 90, 90)))
     every = [h for hist in runs.values() for h in hist]
-    keys = [k for k in ("reward_final", "psnr", "ssim", "brisque", "percep", "lpips_alex", "dists", "judge_score",
-                        "judge_pdm") if any(k in h for h in every)]  # percep: runs of older versions
+    keys = [k for k in ("reward_final", "psnr", "ssim", "brisque", "percep", "lpips_alex", "lpips_vgg", "dists",
+                        "judge_score", "judge_pdm", "hack")
+            if any(k in h for h in every)]  # percep: runs of older versions
     plot_curves([], path, keys=keys or None,
                 runs=runs,
                 colors=colors,
@@ -293,7 +323,8 @@ def main(argv=None) -> dict:
     plot_arm_curves(args, arms, args.out / "curves.png")
     from training.ccl.hacking import table as hacking_table
 
-    (args.out / "hacking.md").write_text(hacking_table([args.out]))
+    (args.out / "hacking.md").write_text(hacking_table([args.out], rule=HackRule(args.hack_reward_margin,
+                                                                                 args.hack_perceptual_margin)))
     print(table)
     return res
 

@@ -17,9 +17,13 @@ On a fixed held-out batch, every ``--validation_steps``:
   ImageNet EfficientNet-Lite2 features), which is no longer computed; its label and y span stay so
   that the ``monitor.jsonl`` of older runs still plot;
 * ``judge_score`` and ``judge_flagged``: an independent FinPercep-RM (another stage or seed): its
-  score and the share of pixels whose PDM exceeds ``flag_threshold``.
+  score and the share of pixels whose PDM exceeds ``flag_threshold``;
+* ``hack``: 1 when this evaluation is flagged as reward hacking against the first one (step 0) by
+  ``hack_rule`` (:mod:`training.ccl.hackflag`: ``reward_final`` up by more than a margin while both
+  ``lpips_alex`` and ``dists`` are worse by more than another), else 0; a flagged evaluation also
+  logs a warning line. Absent without the perceptual columns.
 
-Reward hacking shows as the reward rising while PSNR/SSIM/BRISQUE/the judge get worse.
+Reward hacking shows as the reward rising while PSNR/SSIM/LPIPS/DISTS/BRISQUE/the judge get worse.
 :func:`plot_curves` draws every series into one PNG (PIL only, no matplotlib).
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 
 from diffusers_ext.perceptual import full_reference_metrics, get_model
 from diffusers_ext.rewards import RewardConfig, compute_reward, fused_reward
+from training.ccl.hackflag import HackRule
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +130,9 @@ class Monitor:
     def __init__(self, lr: torch.Tensor, hr: torch.Tensor, reward_model: Any, final_reward: RewardConfig,
                  final_rm_stage: int, judge: Optional[Any] = None, judge_stage: Optional[int] = None,
                  flag_threshold: float = 0.5, brisque: "bool | str" = "auto", batch_size: int = 4,
-                 perceptual: bool = True, lpips_vgg: bool = False) -> None:
+                 perceptual: bool = True, lpips_vgg: bool = False, hack_rule: Optional[HackRule] = HackRule()) -> None:
         self.lr, self.hr = lr, hr
+        self.hack_rule = hack_rule
         self.rm, self.judge, self.judge_stage = reward_model, judge, judge_stage
         self.final_reward, self.final_rm_stage = final_reward, final_rm_stage
         self.flag_threshold = flag_threshold
@@ -155,8 +161,27 @@ class Monitor:
         rec: dict[str, float] = {"step": float(step), "rm_stage": float(rm_stage)}
         rec.update(self.image_metrics(sr, reward_cfg, rm_stage))
         rec.update(extra or {})
+        self.flag_hack(rec)
         self.history.append(rec)
         return rec
+
+    def flag_hack(self, rec: dict[str, float]) -> None:
+        """Set ``rec["hack"]`` by :attr:`hack_rule` against the first evaluation of the history (0 for
+        the first itself), with a warning line when flagged; nothing when the rule is off (``None``)
+        or a column is missing."""
+        if self.hack_rule is None:
+            return
+        if not self.history:  # the reference itself is never a hack
+            if self.hack_rule.deltas(rec, rec) is not None:
+                rec["hack"] = 0.0
+            return
+        start = self.history[0]
+        flag = self.hack_rule.check(start, rec)
+        if flag is None:
+            return
+        rec["hack"] = float(flag)
+        if flag:
+            logger.warning(self.hack_rule.message(rec["step"], start, rec))
 
     @torch.no_grad()
     def image_metrics(self, sr: torch.Tensor, reward_cfg: RewardConfig, rm_stage: int) -> dict[str, float]:
@@ -211,11 +236,12 @@ LABELS = {
     "judge_score": "judge's score (higher = better)",
     "judge_pdm": "judge's mean PDM, 0-1 (lower = better)",
     "judge_flagged": "judge-flagged pixels, fraction (lower = better)",
+    "hack": "hack flag: reward up, LPIPS-alex and DISTS worse than step 0 (1 = flagged)",
 }
 #: The smallest y range a panel shows: a change below it stays a small change on the plot
 #: (a drift of 0.0001 SSIM must not fill the panel's height). Other series: 0.05.
 MIN_SPAN = {"psnr": 1.0, "ssim": 0.02, "brisque": 5.0, "percep": 0.02, "lpips_alex": 0.02, "lpips_vgg": 0.02,
-            "dists": 0.02, "pdm_penalty": 0.05, "judge_pdm": 0.05, "judge_flagged": 0.05}
+            "dists": 0.02, "pdm_penalty": 0.05, "judge_pdm": 0.05, "judge_flagged": 0.05, "hack": 1.0}
 DEFAULT_MIN_SPAN = 0.05
 
 
@@ -260,7 +286,7 @@ def plot_curves(history: Sequence[dict[str, float]], path: str | Path, switches:
     every = [h for hist in runs.values() for h in hist]
     keys = list(keys or [k for k in ("reward", "score", "pdm_penalty", "reward_final", "s_global0", "psnr", "ssim",
                                      "brisque", "percep", "lpips_alex", "lpips_vgg", "dists", "judge_score",
-                                     "judge_pdm", "judge_flagged")
+                                     "judge_pdm", "judge_flagged", "hack")
                          if any(k in h for h in every)])
     cols = 3
     rows = max(1, math.ceil(len(keys) / cols))
