@@ -113,7 +113,9 @@ def test_term_scales_abs_and_std_and_the_normalized_loss():
     st.observe("x", batch_stats(torch.tensor([1.0, 3.0])))
     assert st.scale("x") == pytest.approx(1.0)
     st.observe("x", batch_stats(torch.tensor([5.0])))
-    assert st.scale("x") == TermScales("std").floor  # one value, no spread: the floor
+    assert st.scale("x") == pytest.approx(0.5)  # one value, no spread: a tenth of its magnitude
+    st.observe("y", batch_stats(torch.tensor([0.0])))
+    assert st.scale("y") == TermScales("std").floor
     assert TermScales("off").scale("x") == 1.0
     # normalized: a term ten times larger with its weight unchanged weighs the same
     from diffusers_ext.rewards import RewardConfig

@@ -18,7 +18,9 @@ process uses the same scales), as exponential moving averages with momentum ``--
 bias-corrected as in Adam (the first batch alone sets the first scale):
 
 * ``abs``: the EMA of the mean absolute value ``E|x|``;
-* ``std``: the standard deviation of the values over batches and time, ``sqrt(EMA[x²] - EMA[x]²)``.
+* ``std``: the standard deviation of the values over batches and time, ``sqrt(EMA[x²] - EMA[x]²)``,
+  but at least a tenth of the ``abs`` scale (``STD_MIN_REL``): a term seen once, or on a batch of one
+  image, has no spread yet, and its scale must not fall to the floor and multiply it a thousandfold.
 
 Every scale is at least ``floor`` (1e-3). The running state is part of the trainer state of each
 checkpoint, so a resumed run continues with exactly the scales an uninterrupted one would use.
@@ -33,6 +35,7 @@ import torch
 from training.calibration import CLEAN_TARGET
 
 NORM_MODES = ("off", "abs", "std")
+STD_MIN_REL = 0.1  # std mode: the scale is at least this fraction of the abs scale
 
 
 def batch_stats(x: torch.Tensor) -> torch.Tensor:
@@ -75,11 +78,10 @@ class TermScales:
         if not self.enabled or s is None or s["t"] == 0:
             return 1.0
         corr = 1 - self.momentum ** s["t"]
-        if self.mode == "abs":
-            value = s["ma"] / corr
-        else:
+        value = s["ma"] / corr
+        if self.mode == "std":
             m1, m2 = s["m1"] / corr, s["m2"] / corr
-            value = math.sqrt(max(0.0, m2 - m1 * m1))
+            value = max(math.sqrt(max(0.0, m2 - m1 * m1)), STD_MIN_REL * value)
         return max(self.floor, value)
 
     def scales(self) -> dict[str, float]:
