@@ -43,7 +43,8 @@ from training.data.versions import TEACHER_METRICS, Teacher, _u8
 ROOT = Path(__file__).resolve().parent.parent
 #: the default version networks: every photo SR network the package can load
 DEFAULT_BENCH_NETWORKS = ("realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3-x4", "waifu2x-photo-x2",
-                          "span-ch52-x4", "srmd-x4", "srmdnf-x4", "span-clearreality-x4")
+                          "span-ch52-x4", "idealo-rdn-psnr-small-x2", "srmd-x4", "srmdnf-x4", "span-clearreality-x4",
+                          "idealo-rrdn-gans-x4")
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:

@@ -25,9 +25,11 @@ is a diffusers model folder (``FinPercepRM.from_pretrained``), also written atom
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -392,6 +394,32 @@ def joint_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
     return terms
 
 
+class PhaseTimer:
+    """Wall seconds per phase of the training loop (data, robustness inputs, forward, backward,
+    optimizer), summed over the steps of this run: ``result.json``'s ``timing`` (where the time goes;
+    ``benchmarks/bench_train_reward.py`` reads it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.steps = 0
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+    def summary(self, batch_size: int) -> dict[str, float]:
+        total = sum(self.seconds.values())
+        out = {f"{k}_s_per_step": round(v / max(self.steps, 1), 4) for k, v in self.seconds.items()}
+        out["s_per_step"] = round(total / max(self.steps, 1), 4)
+        out["triplets_per_s"] = round(self.steps * batch_size / total, 3) if total else 0.0
+        out["steps_timed"] = self.steps
+        return out
+
+
 class StageObjective(nn.Module):
     """The model and its stage loss as one module, so ``accelerator.prepare`` wraps the loss
     computation itself: under DDP the gradients of every step are all-reduced across processes
@@ -479,19 +507,25 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raw.encoder.eval()  # frozen encoder: BatchNorm statistics stay those of stage 0
     history: list[dict] = []
     logger.info("training steps %d -> %d", start_step, args.max_steps)
+    timer = PhaseTimer()
     for step in range(start_step, args.max_steps):
-        batch = collate([train_set[key] for key in next(batches)])
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        batch.update(robustness_inputs(raw, batch, args, step, accelerator.process_index, accelerator.num_processes))
+        with timer("data"):
+            batch = collate([train_set[key] for key in next(batches)])
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with timer("robustness_inputs"):
+            batch.update(robustness_inputs(raw, batch, args, step, accelerator.process_index, accelerator.num_processes))
         with accelerator.accumulate(objective):
-            with accelerator.autocast():
+            with timer("forward"), accelerator.autocast():
                 terms = objective(batch)
-            accelerator.backward(terms["loss"])
-            if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            with timer("backward"):
+                accelerator.backward(terms["loss"])
+            with timer("optimizer"):
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        timer.steps += 1
         logs = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
         logs["train/lr"] = scheduler.get_last_lr()[0]
         accelerator.log(logs, step=step + 1)
@@ -511,7 +545,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     result = {"stage": args.stage, "steps": args.max_steps, "validation": history,
-              "world_size": accelerator.num_processes}
+              "world_size": accelerator.num_processes, "timing": timer.summary(args.batch_size)}
     # every rank must end with the same weights (DDP all-reduces the gradients): check it
     flat = torch.cat([prm.detach().float().flatten() for prm in raw.parameters()])
     gathered = accelerator.gather(flat[None])

@@ -136,20 +136,28 @@ class VersionMaker:
 
 
 class Teacher:
-    """The full-reference teacher: LPIPS-VGG, LPIPS-alex and DISTS of versions to their clean crop."""
+    """The full-reference teacher: distances of versions to their clean crop by ``metrics`` (LPIPS-VGG,
+    LPIPS-alex, DISTS; :mod:`diffusers_ext.perceptual`). The clean crop's features are computed once
+    per set (a reference batch of one)."""
 
-    def __init__(self, metrics: Sequence[str] = TEACHER_METRICS, device: str = "cpu") -> None:
-        from diffusers_ext.perceptual import full_reference_metrics
+    def __init__(self, metrics: Sequence[str] = TEACHER_METRICS, device: str = "cpu", batch_size: int = 8) -> None:
+        from diffusers_ext.perceptual import get_model
 
-        self._fr, self.metrics, self.device = full_reference_metrics, tuple(metrics), device
+        unknown = [m for m in metrics if m not in TEACHER_METRICS]
+        if unknown:
+            raise ValueError(f"unknown teacher metrics {unknown}; choose from {', '.join(TEACHER_METRICS)}")
+        self.models = {m: get_model(m, device) for m in metrics}
+        self.metrics, self.device, self.batch_size = tuple(metrics), device, batch_size
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray) -> dict[str, list[float]]:
         """``images``: uint8 ``[K, H, W, 3]``, version 0 the clean crop -> metric -> K distances."""
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-        ref = x[:1].expand_as(x)
-        out = self._fr(x, ref, metrics=self.metrics, device=self.device)
-        return {k: [float(v) for v in np.asarray(out[k])] for k in self.metrics}
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        out = {}
+        for name, model in self.models.items():
+            d = torch.cat([model(x[i:i + self.batch_size], x[:1]) for i in range(1, len(x), self.batch_size)])
+            out[name] = [0.0] + [float(v) for v in d.float().cpu()]
+        return out
 
 
 def read_manifest(root: Path) -> dict[str, dict]:
@@ -165,8 +173,9 @@ def read_manifest(root: Path) -> dict[str, dict]:
 
 
 #: SR networks kept out of the version sets' training data, so the whole-image benchmark measures
-#: networks the model never saw (a kernel-conditioned CNN family and a community GAN-style model)
-HOLDOUT_NETWORKS = ("srmd-x2", "srmd-x3", "srmd-x4", "srmdnf-x2", "srmdnf-x3", "srmdnf-x4", "span-clearreality-x4")
+#: networks the model never saw (a kernel-conditioned CNN family, a community SPAN model and a real GAN)
+HOLDOUT_NETWORKS = ("srmd-x2", "srmd-x3", "srmd-x4", "srmdnf-x2", "srmdnf-x3", "srmdnf-x4", "span-clearreality-x4",
+                    "idealo-rrdn-gans-x4")
 
 
 def network_family(name: str) -> str:
@@ -253,13 +262,28 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sources", default="all", help="photo sources (training/data/photos.py), or 'all'")
     ap.add_argument("--networks", default=None, help="comma-separated SR networks (default: every installed photo model)")
+    ap.add_argument("--policy", action="append", default=[],
+                    help="NAME=merged upscaler .safetensors whose outputs join every set (repeatable; e.g. an "
+                         "upscaler that hacked an earlier reward)")
+    ap.add_argument("--metrics", default=",".join(TEACHER_METRICS),
+                    help="teacher metrics computed (LPIPS-VGG and DISTS cost ~3x LPIPS-alex each on a CPU)")
+    ap.add_argument("--versions-per-set", type=int, default=16, help="versions besides the clean crop and policies")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from training.evaluate_whole_image import load_policy
+
     nets = args.networks.split(",") if args.networks else None
+    policies = {name: load_policy(path) for name, path in (p.split("=", 1) for p in args.policy)}
+    k = args.versions_per_set
+    n_sr = max(1, round(k * 0.4))
+    n_op = max(1, round(k * 0.2))
+    n_cl = max(1, round(k * 0.1))
     build(args.out, {"train": args.train, "val": args.val, "test": args.test}, hr_size=args.hr_size, seed=args.seed,
-          sources=parse_sources(args.sources), networks=nets)
+          sources=parse_sources(args.sources), networks=nets, policies=policies,
+          teacher=Teacher(args.metrics.split(",")), n_sr=n_sr, n_classical=n_cl, n_operator=n_op,
+          n_filter=max(1, k - n_sr - n_op - n_cl))
     print(f"versions ready in {args.out}", file=sys.stderr)
     return 0
 
