@@ -136,3 +136,25 @@ def test_head_inputs_reproduce_the_model_scores():
     s = stage_scores(model, head_inputs(model, x))
     for k in range(model.num_stages + 1):
         torch.testing.assert_close(s[:, k], model(x, stage=k).raw_score, atol=1e-5, rtol=1e-5)
+
+
+class _AlexOnly(_Stub):
+    def __call__(self, images):
+        return {"lpips_alex": super().__call__(images)["lpips_alex"]}
+
+
+def test_label_adds_missing_teacher_distances_once(tmp_path):
+    from training.data.versions import label
+
+    out = build(tmp_path / "a", {"train": 2}, hr_size=64, seed=5, sources=("skimage",),
+                networks=[ClassicalSR("bilinear", 2)], teacher=_AlexOnly(), progress=False, n_sr=1, n_classical=1,
+                n_filter=1, n_operator=1)
+    with pytest.raises(KeyError):
+        VersionSets(out, "train", {"lpips_vgg": 1.0}).distances(0)
+    assert label(out, ["lpips_vgg", "dists"], teacher=_Stub(), progress=False) == 2
+    assert label(out, ["lpips_vgg", "dists"], teacher=_Stub(), progress=False) == 0  # nothing left to do
+    sets = VersionSets(out, "train", {"lpips_vgg": 0.5, "dists": 0.5})
+    expect = _Stub()(sets.images(1))
+    np.testing.assert_allclose(sets.distances(1), 0.5 * np.array(expect["lpips_vgg"]) + 0.5 * np.array(expect["dists"]),
+                               rtol=1e-6)
+    assert read_manifest(out)["train/000001"]["lpips_alex"] == expect["lpips_alex"]

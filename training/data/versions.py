@@ -15,6 +15,7 @@ Layout (resumable; item ``i`` of a split depends only on ``(seed, split, i)``)::
 
     versions.json             settings, photo ids per split
     manifest.jsonl            one line per finished item: id, photo, kinds, teacher distances
+    labels.jsonl              teacher distances added later (``--label-only``), merged into the manifest records
     <split>/<i>.npz           ``images``: uint8 [K, H, W, 3], version 0 the clean crop
 """
 from __future__ import annotations
@@ -160,16 +161,32 @@ class Teacher:
         return out
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def read_manifest(root: Path) -> dict[str, dict]:
-    path = Path(root) / "manifest.jsonl"
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["id"]] = rec
+    """Finished items by id, with the teacher distances that :func:`label` added later merged in."""
+    out = {rec["id"]: rec for rec in _jsonl(Path(root) / "manifest.jsonl")}
+    for extra in _jsonl(Path(root) / "labels.jsonl"):
+        if extra["id"] in out:
+            out[extra["id"]].update({k: v for k, v in extra.items() if k != "id"})
     return out
+
+
+def label(out: Path, metrics: Sequence[str], teacher: Optional[Teacher] = None, progress: bool = True) -> int:
+    """Add the teacher distances ``metrics`` to every finished item of ``out`` that lacks one (appended
+    to ``labels.jsonl``; resumable): a set built with the cheap LPIPS-alex teacher gets LPIPS-VGG and
+    DISTS later, when there is time. Returns the number of items labelled."""
+    out = Path(out)
+    todo = [r for r in read_manifest(out).values() if any(m not in r for m in metrics)]
+    teacher = teacher or Teacher([m for m in metrics])
+    with (out / "labels.jsonl").open("a") as f:
+        for rec in tqdm(todo, desc="labels", disable=not progress):
+            images = np.load(out / rec["split"] / f"{rec['index']:06d}.npz")["images"]
+            f.write(json.dumps({"id": rec["id"], **teacher(images)}) + "\n")
+            f.flush()
+    return len(todo)
 
 
 #: SR networks kept out of the version sets' training data, so the whole-image benchmark measures
@@ -269,9 +286,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="teacher metrics computed (LPIPS-VGG and DISTS cost ~3x LPIPS-alex each on a CPU)")
     ap.add_argument("--versions-per-set", type=int, default=16, help="versions besides the clean crop and policies")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--label-only", action="store_true",
+                    help="build nothing: add the --metrics teacher distances to the finished items that lack them")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.label_only:
+        n = label(args.out, args.metrics.split(","))
+        print(f"labelled {n} version sets in {args.out}", file=sys.stderr)
+        return 0
     from training.evaluate_whole_image import load_policy
 
     nets = args.networks.split(",") if args.networks else None
