@@ -56,6 +56,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--teacher", default="lpips_vgg+dists", help="teacher metrics and weights (training/whole_image.py)")
     p.add_argument("--val_teacher", default="lpips_vgg+dists", help="the teacher the validation figures are stated in")
     p.add_argument("--fgr_items", type=int, default=3000, help="FGR train triplets used")
+    p.add_argument("--fgr_val_items", type=int, default=300, help="FGR val triplets (figures and the calibration)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch_versions", type=int, default=16, help="version sets per step")
     p.add_argument("--batch_triplets", type=int, default=32)
@@ -109,43 +110,51 @@ def stage_scores(model: FinPercepRM, inputs: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, -1)
 
 
+def _save(t: torch.Tensor, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(t, tmp)
+    tmp.replace(path)
+
+
 def _cached(path: Path, make) -> torch.Tensor:
     if path.is_file():
         return torch.load(path, weights_only=True)
     t = make()
-    tmp = path.with_suffix(".tmp")
-    torch.save(t, tmp)
-    tmp.replace(path)
+    _save(t, path)
     return t
+
+
+def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25) -> torch.Tensor:
+    """``torch.stack([row(i) for i in range(n)])``, computed in chunks of ``chunk`` rows that are
+    saved under ``folder`` as they finish, so an interrupted extraction resumes where it stopped."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for start in tqdm(range(0, n, chunk), desc=desc, leave=False):
+        path = folder / f"{start:06d}_{min(start + chunk, n):06d}.pt"
+        parts.append(_cached(path, lambda: torch.stack([row(i) for i in range(start, min(start + chunk, n))])))
+    return torch.cat(parts)
 
 
 def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: str,
                      noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Head inputs ``[n, K, N+1, C+2]`` and teacher distances ``[n, K]`` of every version set
-    (with ``noisy``: of an invisible copy of each version, noise std <= 2/255, fixed seed)."""
-    def make() -> torch.Tensor:
-        gen = torch.Generator().manual_seed(1234)
-        feats = []
-        for i in tqdm(range(len(sets)), desc=f"features {name}", leave=False):
-            x = torch.from_numpy(sets.images(i)).permute(0, 3, 1, 2).float().div(255)
-            if noisy:
-                x = imperceptible(x, gen, 2.0 / 255)
-            feats.append(head_inputs(model, x))
-        return torch.stack(feats)
-    feats = _cached(cache / f"{name}.pt", make)
+    (with ``noisy``: of an invisible copy of each version, noise std <= 2/255, seeded per set)."""
+    def row(i: int) -> torch.Tensor:
+        x = torch.from_numpy(sets.images(i)).permute(0, 3, 1, 2).float().div(255)
+        if noisy:
+            x = imperceptible(x, torch.Generator().manual_seed(1234 + i), 2.0 / 255)
+        return head_inputs(model, x)
+    feats = _cached_rows(cache / name, len(sets), row, f"features {name}")
     dist = torch.from_numpy(np.stack([sets.distances(i) for i in range(len(sets))]))
     return feats, dist
 
 
 def fgr_features(model: FinPercepRM, data: FGRDataset, cache: Path, name: str) -> torch.Tensor:
     """Head inputs ``[n, 3, N+1, C+2]`` of the FGR items' ``gt``, ``syn``, ``sr`` (whole items)."""
-    def make() -> torch.Tensor:
-        out = []
-        for i in tqdm(range(len(data)), desc=f"features {name}", leave=False):
-            it = data[i]
-            out.append(head_inputs(model, torch.stack([it["gt"], it["syn"], it["sr"]])))
-        return torch.stack(out)
-    return _cached(cache / f"{name}.pt", make)
+    def row(i: int) -> torch.Tensor:
+        it = data[i]
+        return head_inputs(model, torch.stack([it["gt"], it["syn"], it["sr"]]))
+    return _cached_rows(cache / name, len(data), row, f"features {name}", chunk=100)
 
 
 def evaluate(model: FinPercepRM, feats: torch.Tensor, dist: torch.Tensor,
@@ -175,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     t0 = time.time()
-    cache = args.cache or args.output_dir / "cache"
+    cache = args.cache or args.output_dir / "cache"  # one cache per --init model: features depend on it
     cache.mkdir(parents=True, exist_ok=True)
     model = FinPercepRM.from_pretrained(args.init).eval()
     model.requires_grad_(False)
@@ -183,14 +192,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
     tr_sets = VersionSets(args.versions, "train", teacher)
     va_sets = VersionSets(args.versions_val or args.versions, "val", parse_teacher(args.val_teacher))
     fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
-    fgr_va = FGRDataset(args.fgr, "val")
-    v_tr, d_tr = version_features(model, tr_sets, cache, f"versions_train{len(tr_sets)}")
-    v_nz, _ = version_features(model, tr_sets, cache, f"versions_train{len(tr_sets)}_noisy", noisy=True)
-    v_va, d_va = version_features(model, va_sets, cache, f"versions_val{len(va_sets)}")
+    fgr_va = FGRDataset(args.fgr, "val", limit=args.fgr_val_items)
+    v_tr, d_tr = version_features(model, tr_sets, cache, "versions_train")
+    v_nz = (version_features(model, tr_sets, cache, "versions_train_noisy", noisy=True)[0]
+            if args.lambda_consistency > 0 else None)
+    v_va, d_va = version_features(model, va_sets, cache, "versions_val")
     if v_tr.shape[1] != v_va.shape[1]:
         logger.info("train sets hold %d versions, validation sets %d", v_tr.shape[1], v_va.shape[1])
-    f_tr = fgr_features(model, fgr_tr, cache, f"fgr_train{len(fgr_tr)}")
-    f_va = fgr_features(model, fgr_va, cache, f"fgr_val{len(fgr_va)}")
+    f_tr = fgr_features(model, fgr_tr, cache, "fgr_train")
+    f_va = fgr_features(model, fgr_va, cache, "fgr_val")
     size = int(fgr_tr[0]["gt"].shape[-1])
     g_tr = _cached(cache / f"garbage{args.garbage_items}_{size}.pt",
                    lambda: head_inputs(model, garbage_batch(args.garbage_items, size, args.seed)))
@@ -217,7 +227,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         it = torch.from_numpy(rng.integers(0, len(f_tr), args.batch_triplets))
         ig = torch.from_numpy(rng.integers(0, len(g_tr), args.batch_triplets // 2))
         s_v = stage_scores(model, v_tr[iv])                       # [b, K, S]
-        s_n = stage_scores(model, v_nz[iv])
+        s_n = stage_scores(model, v_nz[iv]) if v_nz is not None else None
         s_f = stage_scores(model, f_tr[it])                       # [b, 3, S]
         s_g = stage_scores(model, g_tr[ig])                       # [b, S]
         terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0}
@@ -227,7 +237,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             rank = ranking_loss(s_f[:, 0, k], s_f[:, 1, k], s_f[:, 2, k], args.margin, args.margin)
             garb = F.relu(args.margin_garbage - (s_f[: len(ig), 2, k].detach() - s_g[:, k])).mean()
             gap = (s_v[:, :1, k] - s_v[:, 1:, k]).mean().detach().abs().clamp_min(0.25)
-            cons = (s_n[..., k] - s_v[..., k]).abs().mean() / gap
+            cons = (s_n[..., k] - s_v[..., k]).abs().mean() / gap if s_n is not None else s_v.new_zeros(())
             lk = (o["loss"] + args.lambda_rank * rank + args.lambda_garbage * garb
                   + args.lambda_consistency * cons)
             loss = loss + lk / n_stages
