@@ -11,6 +11,7 @@ NODE_IDS = (
     "FinPercepScoreImage",
     "FinPercepBestOfN",
     "FinPercepPDMToInpaintMask",
+    "FinPercepCompareToReference",
     "FinPercepLoadSRAdapter",
     "FinPercepOneStepSR",
     "FinPercepLoadExampleImage",

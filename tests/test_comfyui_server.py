@@ -21,13 +21,16 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from finpercep_comfy_harness import ComfyServer, ensure_comfyui, run_in_comfy_venv  # tests/comfyui: pyproject pythonpath
+from api_to_ui import MODELS, TEMPLATES, ui_path  # tests/comfyui: pyproject pythonpath
+from finpercep_comfy_harness import ComfyServer, ensure_comfyui, run_in_comfy_venv
 from hub_server import LocalHubServer, hub_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +179,12 @@ def test_every_node_is_listed_and_loaded(comfy):
     for node_id in NODE_IDS:
         assert node_id in info, f"{node_id} missing from /object_info"
         assert info[node_id]["python_module"] == "custom_nodes.finpercep"
-        assert info[node_id]["category"] == "FinPercep"
+    # the node library groups them: scoring, masks, SR (the example loader at the top)
+    groups = {info[n]["category"] for n in NODE_IDS}
+    assert groups == {"FinPercep", "FinPercep/score", "FinPercep/mask", "FinPercep/SR"}, groups
+    assert info["FinPercepScoreImage"]["category"] == "FinPercep/score"
+    assert info["FinPercepPDMToInpaintMask"]["category"] == "FinPercep/mask"
+    assert info["FinPercepOneStepSR"]["category"] == info["FinPercepLoadSRAdapter"]["category"] == "FinPercep/SR"
     ours = {k for k, v in info.items() if v.get("python_module") == "custom_nodes.finpercep"}
     assert ours == set(NODE_IDS)
     log = comfy.server.log()
@@ -184,6 +192,27 @@ def test_every_node_is_listed_and_loaded(comfy):
     assert re.search(r"Import times for custom nodes:.*\n.*finpercep", log, re.S), log[-2000:]
     score = info["FinPercepScoreImage"]
     assert score["output"] == ["FLOAT", "FLOAT", "MASK", "IMAGE"] and score["output_is_list"] == [False, True, False, False]
+    assert score["input"]["optional"]["overlay_mode"][1]["options"] == ["uniform", "weighted"]
+
+
+def test_every_input_and_output_has_a_tooltip_and_search_words(comfy):
+    """The issue counted 10 of 35 inputs and 7 of 15 outputs without a tooltip, and the node search
+    (frontend 1.32.9: node id and display name only) found nothing for quality / IQA / degradation."""
+    info = comfy.server.object_info()
+    missing = []
+    for node_id in NODE_IDS:
+        spec = info[node_id]
+        assert len(spec["description"]) > 40, node_id
+        for section in ("required", "optional"):
+            for name, t in spec["input"].get(section, {}).items():
+                if len(t) < 2 or not t[1].get("tooltip"):
+                    missing.append(f"{node_id}.{name}")
+        tips = spec.get("output_tooltips") or [None] * len(spec["output"])
+        missing += [f"{node_id} -> {name}" for name, tip in zip(spec["output_name"], tips) if not tip]
+    assert missing == [], missing
+    names = " ".join(info[n]["display_name"].lower() for n in NODE_IDS)
+    for word in ("quality", "iqa", "degradation", "artifact", "reward", "upscale"):
+        assert word in names, word
     assert BUNDLED in info["FinPercepLoadRewardModel"]["input"]["required"]["model"][1]["options"]
     assert comfy.assets["adapter"] in info["FinPercepLoadSRAdapter"]["input"]["required"]["adapter"][1]["options"]
 
@@ -204,11 +233,16 @@ def test_score_workflow_on_a_photo_with_a_pasted_artifact(comfy):
     inside = np.zeros_like(pdm, bool)
     inside[y:y + h, x:x + w] = True
     assert pdm[inside].mean() > pdm[~inside].mean() + 0.08, (pdm[inside].mean(), pdm[~inside].mean())
-    # the overlay shows the image where the map is clean and the heat map where it is not
+    # uniform (the default): the whole map at overlay_alpha 0.6, so clean pixels get the colormap's dark
+    # end too (0.4 x the photo + 0.6 x near-black); weighted: the photo where the map is clean
     photo = np.asarray(Image.open(comfy.photos["artifact"]).convert("RGB"), np.float32) / 255
     clean_px = pdm < 0.05
     assert clean_px.mean() > 0.3
-    assert np.abs(overlay[clean_px] - photo[clean_px]).mean() < 0.05
+    assert wf["3"]["inputs"]["overlay_mode"] == "uniform"
+    assert np.abs(overlay[clean_px] - 0.4 * photo[clean_px]).mean() < 0.03
+    wf["3"]["inputs"]["overlay_mode"] = "weighted"
+    weighted = _img(comfy, _ok(comfy.server.run(wf), comfy), "4")
+    assert np.abs(weighted[clean_px] - photo[clean_px]).mean() < 0.05
     # forced tiling (64 px tiles, 16 px overlap) runs through the ComfyUI progress bar and gives
     # the same picture: a seamless map, the defect found again
     wf["3"]["inputs"].update(tile_size=64, tile_overlap=16)
@@ -423,6 +457,49 @@ def test_errors_name_the_input_and_the_fix(comfy):
     assert not r.ok and "adapter" in json.dumps(r.error)
 
 
+def test_large_images_report_their_time(comfy):
+    """Above 1 MP the Score Image text says what the run took (the issue: 40 s for 2048 px with no
+    estimate); small images keep the short text."""
+    big = comfy.base / "input" / "fp_big.png"
+    Image.open(comfy.photos["clean"]).resize((1040, 1040), Image.BICUBIC).save(big)
+    wf = _wf("finpercep_score", comfy, {"1": big.name})
+    text = _ok(comfy.server.run(wf), comfy).texts("3")[0]
+    assert re.search(r"time: [0-9.]+ s for 1\.1 MP in \d+ tiles", text), text
+    small = _ok(comfy.server.run(_wf("finpercep_score", comfy, {"1": comfy.photos["clean"].name})), comfy)
+    assert "time:" not in small.texts("3")[0]
+
+
+def test_compare_to_reference_reports_the_full_reference_metrics(comfy):
+    """FinPercep Compare to Reference on diffusers_ext.perceptual: PSNR as numpy computes it from the two
+    files, LPIPS / DISTS / SSIM as the library computes them outside ComfyUI, zero distance to itself,
+    the LPIPS map as a preview; a reference of another size is refused unless resized."""
+    from diffusers_ext.perceptual import full_reference_metrics
+
+    g = {"1": {"class_type": "LoadImage", "inputs": {"image": comfy.photos["artifact"].name}},
+         "2": {"class_type": "LoadImage", "inputs": {"image": comfy.photos["clean"].name}},
+         "3": {"class_type": "FinPercepCompareToReference",
+               "inputs": {"image": ["1", 0], "reference": ["2", 0], "lpips_net": "alex", "resize_reference": "no"}}}
+    r = _ok(comfy.server.run(g), comfy)
+    text = r.texts("3")[0]
+    got = {k: float(v) for k, v in re.findall(r"(PSNR|SSIM|LPIPS \(alex\)|DISTS) (-?[0-9.]+|inf)", text)}
+    x, y = (np.asarray(Image.open(comfy.photos[k]).convert("RGB"), np.float64) / 255 for k in ("artifact", "clean"))
+    assert got["PSNR"] == pytest.approx(10 * np.log10(1 / np.mean((x - y) ** 2)), abs=0.01), text
+    ref = full_reference_metrics(str(comfy.photos["artifact"]), str(comfy.photos["clean"]), ("ssim", "lpips_alex", "dists"))
+    assert got["SSIM"] == pytest.approx(ref["ssim"][0], abs=1e-3)
+    assert got["LPIPS (alex)"] == pytest.approx(ref["lpips_alex"][0], abs=1e-3) and got["LPIPS (alex)"] > 0.01
+    assert got["DISTS"] == pytest.approx(ref["dists"][0], abs=1e-3)
+    assert len(r.images("3")) == 1, "the LPIPS map is previewed"
+    g["3"]["inputs"]["reference"] = ["1", 0]
+    same = _ok(comfy.server.run(g), comfy).texts("3")[0]
+    assert "PSNR inf dB" in same and "LPIPS (alex) 0.0000" in same and "SSIM 1.0000" in same, same
+    g["2"]["inputs"]["image"] = comfy.photos["lowres"].name
+    g["3"]["inputs"]["reference"] = ["2", 0]
+    msg = _error(comfy, g)
+    assert "input 'reference'" in msg and "48x32 px" in msg and "resize_reference" in msg and "Fix:" in msg, msg
+    g["3"]["inputs"]["resize_reference"] = "auto"
+    assert "PSNR" in _ok(comfy.server.run(g), comfy).texts("3")[0]
+
+
 def test_ui_workflows_are_the_twins_of_the_api_workflows(comfy, tmp_path):
     """example_workflows/*.json (editor format) are generated from example_workflows/api/*.json (+ the
     .md notes) with this server's /object_info; a change of a node's inputs, of an API workflow or of a
@@ -434,7 +511,7 @@ def test_ui_workflows_are_the_twins_of_the_api_workflows(comfy, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for ui_file in sorted(UI_WORKFLOWS.glob("*.json")):
         ui = json.loads(ui_file.read_text())
-        api = json.loads((WORKFLOWS / ui_file.name).read_text())
+        api = json.loads((UI_WORKFLOWS / ui["extra"]["finpercep_api_twin"]).read_text())
         assert sorted(n["type"] for n in ui["nodes"] if n["type"] != "MarkdownNote") == sorted(
             n["class_type"] for n in api.values())
         assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
@@ -443,16 +520,25 @@ def test_ui_workflows_are_the_twins_of_the_api_workflows(comfy, tmp_path):
 # ------------------------------------------------------------------------------------ templates, first Run, browser
 
 
-def test_template_route_serves_every_workflow(comfy):
+def test_template_route_serves_every_workflow_and_its_thumbnail(comfy):
     """ComfyUI's template browser lists the first existing of example_workflows/, example/, examples/,
-    workflow/, workflows/ (our examples/ holds images): every UI workflow must be listed and served."""
+    workflow/, workflows/ (our examples/ holds images): every UI workflow must be listed and served,
+    under its human title (the card shows the file name), with its thumbnail ``<name>.jpg`` (the card
+    fetched a 404 for each before)."""
     names = sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
-    assert len(names) >= 5
+    assert names == sorted(TEMPLATES.values()) and len(names) >= 5
+    assert sorted(TEMPLATES) == sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     listed = comfy.server.get("/workflow_templates")
     assert sorted(listed.get(TEMPLATE_FOLDER, [])) == names, listed
     for name in names:
-        served = comfy.server.get(f"/api/workflow_templates/{TEMPLATE_FOLDER}/{name}.json")
+        base = f"/api/workflow_templates/{TEMPLATE_FOLDER}/{urllib.parse.quote(name)}"
+        served = comfy.server.get(f"{base}.json")
         assert served == json.loads((UI_WORKFLOWS / f"{name}.json").read_text()), name
+        with urllib.request.urlopen(comfy.server.url + f"{base}.jpg", timeout=30) as r:  # the card's URL
+            assert r.status == 200 and r.headers["Content-Type"] == "image/jpeg", (name, r.headers)
+            thumb = Image.open(__import__("io").BytesIO(r.read()))
+        assert thumb.format == "JPEG" and thumb.size == (400, 400), (name, thumb.format, thumb.size)
+        assert (UI_WORKFLOWS / f"{name}.jpg").stat().st_size < 60_000, "keep the committed thumbnails small"
 
 
 def test_example_image_node_lists_the_bundled_examples(comfy):
@@ -465,6 +551,8 @@ def test_example_image_node_lists_the_bundled_examples(comfy):
 
 def test_reward_workflows_run_as_shipped(comfy):
     """A new user's first Run: nothing changed but the reward model choice of a test override."""
+    r = _ok(comfy.server.run(_wf("finpercep_compare", comfy)), comfy)  # the weights are installed here
+    assert all("LPIPS (alex)" in r.texts(n)[0] for n in ("5", "6")), r.outputs
     for name in ("finpercep_score", "finpercep_best_of_n", "finpercep_upscale_model_score"):
         r = _ok(comfy.server.run(_wf(name, comfy)), comfy)
         texts = [t for node in r.outputs.values() for t in node.get("text", [])]
@@ -488,9 +576,15 @@ def test_sd_workflows_name_the_checkpoint_and_adapter_to_get(comfy):
         status, body = comfy.server.post("/prompt", {"prompt": wf, "client_id": "sd-check"})
         msg = json.dumps(body.get("node_errors") or body)
         assert "v1-5-pruned-emaonly-fp16.safetensors" in msg and "ckpt_name" in msg, msg
-        ui = json.loads((UI_WORKFLOWS / f"{name}.json").read_text())
+        ui = json.loads(ui_path(name).read_text())
         notes = [n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "MarkdownNote"]
         assert notes == [note.strip() + "\n"], "the note shows in the editor"
+        # the loader carries the download, so the frontend's missing-model dialog offers it
+        (loader,) = [n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple"]
+        ckpt = loader["widgets_values"][0]
+        assert loader["properties"]["models"] == [{"name": ckpt, **MODELS[ckpt]}]
+        assert MODELS[ckpt]["url"].startswith("https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/")
+        assert MODELS[ckpt]["directory"] == "checkpoints" and MODELS[ckpt]["url"].endswith("/" + ckpt)
 
 
 def _tuned_policy(name: str = "realesr-animevideov3-x4", seed: int = 0):
@@ -572,22 +666,38 @@ def test_ui_workflows_open_run_and_show_results_in_the_browser(comfy, tmp_path):
     """Every UI workflow from the template browser of the real frontend (headless Chromium): it loads,
     equals its API twin, runs with the editor's Run (the SD ones on the tiny test checkpoint), no node
     turns red, nothing overlaps, the FinPercep nodes show their texts and previews; a screenshot each."""
-    shots = REPO / "docs" if os.environ.get("FINPERCEP_UPDATE_DOCS") == "1" else tmp_path
+    update = os.environ.get("FINPERCEP_UPDATE_DOCS") == "1"
+    shots = REPO / "docs" if update else tmp_path
+    thumbs = UI_WORKFLOWS if update else tmp_path / "thumbs"
     overrides = {"CheckpointLoaderSimple": {"ckpt_name": comfy.assets["checkpoint"]}, "KSampler": {"steps": 1},
                  "FinPercepLoadSRAdapter": {"adapter": comfy.assets["adapter"]},
                  "FinPercepLoadRewardModel": {"model": comfy.reward_model}}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "comfyui" / "check_ui_workflows.py"), comfy.server.url,
-                           "--folder", TEMPLATE_FOLDER, "--shots", str(shots), "--set", json.dumps(overrides)],
+                           "--folder", TEMPLATE_FOLDER, "--shots", str(shots), "--set", json.dumps(overrides),
+                           "--thumbnails", str(thumbs)],
                           capture_output=True, text=True, timeout=1800)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    report = {d["workflow"]: d for d in lines if "workflow" in d}
+    report = {d["api"]: d for d in lines if "workflow" in d}
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert sorted(report) == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
+    assert sorted(d["workflow"] for d in report.values()) == sorted(p.stem for p in UI_WORKFLOWS.glob("*.json"))
+    # the cards, in order: what runs with nothing downloaded first (ComfyUI lists them in directory order)
+    (cards,) = [d["card_titles"] for d in lines if "card_titles" in d]
+    assert cards == list(TEMPLATES.values()), cards
     for name, d in report.items():
         assert d["ok"] and d["loaded_from_template"] and d["api_equal"] and d["status"] == "success", d
         assert d["red"] == [] and d["overlaps"] == [] and not d["node_errors"] and d["execution_error"] is None, d
         shot = Path(d["screenshot"])
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(shot).size[0] >= 1200
+        thumb = Image.open(d["thumbnail"])
+        assert thumb.format == "JPEG" and thumb.size == (400, 400)
+        # every FinPercep node shows its result, also those ComfyUI took from its cache, and the results
+        # stay on the nodes like the core previews: after a tab switch and after a cached run
+        assert d["text_nodes"] and sorted(d["texts"]) == sorted(d["text_nodes"]), d
+        assert d["texts_after_tab_switch"] == d["texts"], d
+        assert d["texts_after_cached_run"] == d["texts"], d
+        # the SD workflows name their checkpoint in the frontend's missing-model dialog (not on this server)
+        wants_sd = any(n["class_type"] == "CheckpointLoaderSimple" for n in json.loads((WORKFLOWS / f"{name}.json").read_text()).values())
+        assert d["missing_models"] == (["v1-5-pruned-emaonly-fp16.safetensors"] if wants_sd else []), d
     score = report["finpercep_score"]
     assert any(re.search(r"score -?[0-9.]+", t) for t in score["texts"].values()), score["texts"]
     assert any(t.startswith("best: candidate") for t in report["finpercep_best_of_n"]["texts"].values())

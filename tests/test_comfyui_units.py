@@ -79,7 +79,8 @@ def test_workflows_are_valid_api_graphs():
     # ComfyUI serves the first existing of these as templates; only example_workflows/ may hold workflows
     assert not any((REPO / d).is_dir() for d in ("example", "workflow", "workflows"))
     assert not list((REPO / "examples").glob("*.json"))
-    assert {f.stem for f in (REPO / "example_workflows").glob("*.json")} == {f.stem for f in files}
+    twins = {json.loads(f.read_text())["extra"]["finpercep_api_twin"] for f in (REPO / "example_workflows").glob("*.json")}
+    assert twins == {f"api/{f.name}" for f in files}  # one UI workflow (named by its title) per API workflow
     used = set()
     for f in files:
         graph = json.loads(f.read_text())

@@ -2,8 +2,15 @@
 
     python tests/comfyui/api_to_ui.py OBJECT_INFO.json [--check]
 
-example_workflows/api/<name>.json (what POST /prompt runs) -> example_workflows/<name>.json (what
+example_workflows/api/<name>.json (what POST /prompt runs) -> example_workflows/<title>.json (what
 the ComfyUI editor opens; ComfyUI's template browser lists a custom node's example_workflows/*.json).
+The frontend (1.32.9) titles a custom node's template card with its file name and reads no other
+metadata, so the file name is the human title (:data:`TEMPLATES`, in the order of the cards, what
+runs with nothing downloaded first; ``comfyui_finpercep/web/finpercep.js`` sorts the list, which
+ComfyUI serves in directory order). ``<title>.jpg`` beside it is the card's thumbnail
+(``check_ui_workflows.py --thumbnails``, from a real run). A loader whose file has a public download
+gets ``properties.models`` (:data:`MODELS`: name, url, directory), so the frontend offers to
+download it when it is missing.
 Widget order, output types and names come from a live server's /object_info. An
 ``api/<name>.md`` beside the API file becomes a Markdown note at the top left of the UI graph (the
 checkpoint / adapter to get, what the workflow shows). ``--check`` only compares and exits 1 when a
@@ -23,10 +30,10 @@ API_DIR = REPO / "example_workflows" / "api"
 UI_DIR = REPO / "example_workflows"
 #: nodes that show image previews in the graph after a run (room is kept for them)
 PREVIEW_NODES = {"SaveImage", "PreviewImage", "LoadImage", "FinPercepLoadExampleImage", "FinPercepScoreImage",
-                 "FinPercepBestOfN", "FinPercepPDMToInpaintMask"}
+                 "FinPercepBestOfN", "FinPercepPDMToInpaintMask", "FinPercepCompareToReference"}
 #: nodes with the FinPercep result text box (comfyui_finpercep/web/finpercep.js)
 TEXT_NODES = {"FinPercepLoadRewardModel", "FinPercepScoreImage", "FinPercepBestOfN", "FinPercepPDMToInpaintMask",
-              "FinPercepLoadSRAdapter", "FinPercepLoadExampleImage"}
+              "FinPercepLoadSRAdapter", "FinPercepLoadExampleImage", "FinPercepCompareToReference"}
 WIDTH, COLUMN, GAP, TITLE = 340, 400, 30, 30
 #: room for the previews after a run: Score Image shows overlay and map side by side, Best of N the
 #: ranked batch as a grid, the others one image
@@ -35,6 +42,30 @@ DEFAULT_PREVIEW, TEXT_HEIGHT = 270, 96
 #: a column taller than this continues in a new column to its right (keeps the graph near 16:9)
 MAX_COLUMN = 1000
 NOTE_TYPE = "MarkdownNote"
+#: API twin -> the template's file name (= its card title in the template browser); the number
+#: orders the cards: the workflows that run with nothing downloaded come first
+TEMPLATES = {
+    "finpercep_score": "1 Score an image",
+    "finpercep_best_of_n": "2 Best of N candidates",
+    "finpercep_upscale_model_score": "3 Upscale with a model and score",
+    "finpercep_fix_where_bad": "4 Fix where bad (needs SD 1.5)",
+    "finpercep_upscale_score_fix": "5 Upscale, score, fix (needs SD 1.5 and an SR adapter)",
+    "finpercep_compare": "6 Compare to a reference (PSNR, SSIM, LPIPS, DISTS)",
+}
+#: files a loader widget may name that have a public download: the frontend's missing-model dialog
+#: offers them (node ``properties.models``: name, url, directory of models/)
+MODELS = {
+    "v1-5-pruned-emaonly-fp16.safetensors": {
+        "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
+               "v1-5-pruned-emaonly-fp16.safetensors",
+        "directory": "checkpoints",
+    },
+}
+
+
+def ui_path(api_name: str) -> Path:
+    """The UI file of API twin ``api_name`` (``finpercep_score`` -> ``example_workflows/1 Score an image.json``)."""
+    return UI_DIR / f"{TEMPLATES[api_name]}.json"
 
 
 def node_height(cls: str, n_widgets: int, n_slots: int, n_multiline: int = 0) -> int:
@@ -139,7 +170,7 @@ def convert(graph: dict, info: dict, note: str | None = None) -> dict:
                 slot += 1
         for name, t in widgets:
             v = node["inputs"].get(name)
-            if isinstance(v, list):
+            if v is None or isinstance(v, list):  # linked or left out: the widget keeps its default
                 v = t[1].get("default") if len(t) > 1 else None
             values.append(v)
             opts = t[1] if len(t) > 1 else {}
@@ -161,6 +192,9 @@ def convert(graph: dict, info: dict, note: str | None = None) -> dict:
             "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
             "properties": {"Node name for S&R": cls}, "widgets_values": values,
         }
+        models = [{"name": v, **MODELS[v]} for v in values if isinstance(v, str) and v in MODELS]
+        if models:
+            entry["properties"]["models"] = models
         title = node.get("_meta", {}).get("title")
         if title and title != spec.get("display_name", cls):
             entry["title"] = title
@@ -187,12 +221,17 @@ def main() -> int:
     info = json.loads(Path(sys.argv[1]).read_text())
     check = "--check" in sys.argv
     bad = []
-    for api in sorted(API_DIR.glob("*.json")):
+    apis = sorted(API_DIR.glob("*.json"))
+    unnamed = [a.stem for a in apis if a.stem not in TEMPLATES]
+    if unnamed:
+        print("API workflows without a title in TEMPLATES (tests/comfyui/api_to_ui.py):", ", ".join(unnamed))
+        return 1
+    for api in apis:
         note_file = api.with_suffix(".md")
         ui = convert(json.loads(api.read_text()), info, note_file.read_text() if note_file.is_file() else None)
         ui["extra"]["finpercep_api_twin"] = f"api/{api.name}"
         text = json.dumps(ui, indent=1) + "\n"
-        target = UI_DIR / api.name
+        target = ui_path(api.stem)
         if check:
             if not target.is_file() or target.read_text() != text:
                 bad.append(target.name)
@@ -201,7 +240,7 @@ def main() -> int:
     if bad:
         print("UI workflows out of date (run tests/comfyui/api_to_ui.py OBJECT_INFO.json):", ", ".join(bad))
         return 1
-    stale = sorted(p.name for p in UI_DIR.glob("*.json") if not (API_DIR / p.name).is_file())
+    stale = sorted(p.name for p in UI_DIR.glob("*.json") if p.stem not in TEMPLATES.values())
     if stale:
         print("UI workflows without an API twin in example_workflows/api/:", ", ".join(stale))
         return 1

