@@ -158,3 +158,37 @@ def test_label_adds_missing_teacher_distances_once(tmp_path):
     np.testing.assert_allclose(sets.distances(1), 0.5 * np.array(expect["lpips_vgg"]) + 0.5 * np.array(expect["dists"]),
                                rtol=1e-6)
     assert read_manifest(out)["train/000001"]["lpips_alex"] == expect["lpips_alex"]
+
+
+def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
+    """End to end: the refitted heads order the training sets as the teacher does better than before,
+    the maps are untouched, and the written model is calibrated. The encoder is the real ImageNet
+    EfficientNet-Lite0 (a random tiny encoder's pooled features hardly differ between versions)."""
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+    from training import fit_heads
+    from training.data.build_fgr import build as build_fgr
+
+    init = tmp_path / "init"
+    torch.manual_seed(1)
+    model = FinPercepRM(decoder_channels=8, head_hidden=16, min_size=32, native_size=64).eval()
+    model.encoder.load_pretrained()
+    model.save_pretrained(init)
+    vers = _build(tmp_path / "versions", {"train": 6, "val": 3})
+    fgr = build_fgr(tmp_path / "fgr", {"train": 6, "val": 4}, hr_size=64, seed=3, feature="ssim", pixel_scale=0.1,
+                    feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    res = fit_heads.main(["--init", str(init), "--versions", str(vers), "--fgr", str(fgr), "--output_dir",
+                          str(tmp_path / "out"), "--teacher", "lpips_vgg", "--val_teacher", "lpips_vgg",
+                          "--steps", "300", "--batch_versions", "4", "--batch_triplets", "4", "--garbage_items", "8",
+                          "--learning_rate", "3e-3"])
+    fitted = FinPercepRM.from_pretrained(tmp_path / "out" / "model")
+    assert fitted.calibrated
+    sets = VersionSets(vers, "train", {"lpips_vgg": 1.0})
+    agree = {}
+    for name, m in (("before", model), ("after", fitted)):
+        scores = [m(torch.from_numpy(sets.images(i)).permute(0, 3, 1, 2).float() / 255).raw_score.detach().numpy()
+                  for i in range(len(sets))]
+        agree[name] = order_figures(np.stack(scores), np.stack([sets.distances(i) for i in range(len(sets))]))["pair_agree"]
+    assert agree["after"] > agree["before"] + 0.1 and agree["after"] > 0.8
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(fitted(x).pdm, model(x).pdm)  # the maps are exactly the initial model's
+    assert res["history"] and (tmp_path / "out" / "result.json").is_file()

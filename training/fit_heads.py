@@ -243,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             loss = loss + lk / n_stages
             for name, v in (("order", o["order"]), ("cal", o["cal"]), ("rank", rank), ("garbage", garb),
                             ("consistency", cons)):
-                terms[name] += float(v) / n_stages
+                terms[name] += float(v.detach()) / n_stages
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
