@@ -40,6 +40,8 @@ TEMPLATE_FOLDER = "finpercep"  # the name of the custom-node folder (the symlink
 NODE_IDS = list(json.loads((REPO / "node_list.json").read_text()))
 BUNDLED = "(bundled default)"
 SIZE = 256
+#: what an artist types into the node search to find an image-quality node (issue 26)
+SEARCH_WORDS = ("quality", "iqa", "degradation", "artifact", "reward", "upscale", "compare")
 ARTIFACT = (150, 100, 72, 80)  # y, x, h, w of the pasted defect in the test photo (on the textured suit)
 
 
@@ -211,7 +213,7 @@ def test_every_input_and_output_has_a_tooltip_and_search_words(comfy):
         missing += [f"{node_id} -> {name}" for name, tip in zip(spec["output_name"], tips) if not tip]
     assert missing == [], missing
     names = " ".join(info[n]["display_name"].lower() for n in NODE_IDS)
-    for word in ("quality", "iqa", "degradation", "artifact", "reward", "upscale"):
+    for word in SEARCH_WORDS:
         assert word in names, word
     assert BUNDLED in info["FinPercepLoadRewardModel"]["input"]["required"]["model"][1]["options"]
     assert comfy.assets["adapter"] in info["FinPercepLoadSRAdapter"]["input"]["required"]["adapter"][1]["options"]
@@ -674,7 +676,7 @@ def test_ui_workflows_open_run_and_show_results_in_the_browser(comfy, tmp_path):
                  "FinPercepLoadRewardModel": {"model": comfy.reward_model}}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "comfyui" / "check_ui_workflows.py"), comfy.server.url,
                            "--folder", TEMPLATE_FOLDER, "--shots", str(shots), "--set", json.dumps(overrides),
-                           "--thumbnails", str(thumbs)],
+                           "--thumbnails", str(thumbs), "--search", ",".join(SEARCH_WORDS)],
                           capture_output=True, text=True, timeout=1800)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     report = {d["api"]: d for d in lines if "workflow" in d}
@@ -683,6 +685,10 @@ def test_ui_workflows_open_run_and_show_results_in_the_browser(comfy, tmp_path):
     # the cards, in order: what runs with nothing downloaded first (ComfyUI lists them in directory order)
     (cards,) = [d["card_titles"] for d in lines if "card_titles" in d]
     assert cards == list(TEMPLATES.values()), cards
+    # the editor's node search finds a FinPercep node for each word an artist tried (it found none before)
+    (search,) = [d["search"] for d in lines if "search" in d]
+    assert {w: any(h.startswith("FinPercep") for h in hits) for w, hits in search.items()} == \
+        {w: True for w in SEARCH_WORDS}, search
     for name, d in report.items():
         assert d["ok"] and d["loaded_from_template"] and d["api_equal"] and d["status"] == "success", d
         assert d["red"] == [] and d["overlaps"] == [] and not d["node_errors"] and d["execution_error"] is None, d

@@ -9,9 +9,10 @@ run. A template whose loader names a file with ``properties.models`` and the fil
 the frontend's missing-model dialog (its names are reported).
 
     python tests/comfyui/check_ui_workflows.py URL [--folder finpercep] [--shots DIR] [--only NAME[,NAME]]
-        [--set JSON] [--no-run] [--width PX] [--thumbnails DIR]
+        [--set JSON] [--no-run] [--width PX] [--thumbnails DIR] [--search WORD[,WORD]]
 
-``--thumbnails DIR`` writes ``DIR/<name>.jpg``, the template card's thumbnail, from the graph after
+``--search`` types each word into the editor's node search (double-click on the canvas) and
+reports the node titles it lists. ``--thumbnails DIR`` writes ``DIR/<name>.jpg``, the template card's thumbnail, from the graph after
 its run (``--thumbnails example_workflows`` regenerates the committed ones; the test suite writes
 them to a temporary folder).
 
@@ -243,6 +244,20 @@ def open_template(page, folder: str, name: str) -> list[str]:
     return missing
 
 
+def search_nodes(page, word: str, limit: int = 40) -> list[str]:
+    """What the node search box (as a double-click on the canvas opens it) lists for ``word``: the
+    display name and category of each hit, in order."""
+    page.evaluate("() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle')")
+    page.wait_for_timeout(800)
+    page.locator("input[placeholder*='Search' i]:visible").first.wait_for(timeout=10_000)
+    page.keyboard.type(word, delay=20)  # the search box has the focus
+    page.wait_for_timeout(1500)
+    hits = [" ".join(t.split()) for t in page.locator(".p-autocomplete-option, [role='option']").all_inner_texts()]
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(300)
+    return [h for h in hits if h][:limit]
+
+
 def card_titles(page, folder: str) -> list[str]:
     """The titles of the extension's template cards, in the order shown."""
     page.evaluate("() => window.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
@@ -282,6 +297,10 @@ def main() -> int:
         page.keyboard.press("Escape")  # the template browser opens on first start
         page.evaluate(TIDY)
         print(json.dumps({"card_titles": card_titles(page, folder)}), flush=True)
+        if "--search" in sys.argv:
+            page.evaluate("() => window.app.graph.clear()")
+            words = [w for w in _arg("--search").split(",") if w]
+            print(json.dumps({"search": {w: search_nodes(page, w) for w in words}}), flush=True)
         for ui_file in sorted(UI_DIR.glob("*.json")):
             name = ui_file.stem
             twin = json.loads(ui_file.read_text())["extra"]["finpercep_api_twin"]
