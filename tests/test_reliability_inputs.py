@@ -289,7 +289,8 @@ def _comfy_modules(models_dir: Path) -> dict[str, types.ModuleType]:
     fp.get_full_path = lambda kind, name: None
     fp.add_model_folder_path = lambda kind, path: fp.folder_names_and_paths.setdefault(kind, ([], set()))[0].append(path)
     io = _IOModule("comfy_api.latest.io")
-    io.ComfyNode = type("ComfyNode", (), {})
+    io.ComfyNode = type("ComfyNode", (), {"hidden": SimpleNamespace(unique_id=None)})  # no server: no node id
+    io.Hidden = SimpleNamespace(unique_id="UNIQUE_ID")
     io.Schema = lambda **kw: SimpleNamespace(**kw)
     io.Custom = _Widget
     io.NodeOutput = _NodeOutput
