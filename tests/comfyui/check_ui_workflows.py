@@ -61,16 +61,40 @@ FIT = """() => {
     c.ds.offset = [60 / scale - x0, 100 / scale - y0];
     c.setDirty(true, true);
 }"""
-HIDE_OVERLAYS = """() => {   // toasts and the "1 job completed" panel float over the graph
+HIDE_OVERLAYS = """() => {   // what floats over the canvas: toolbars, title, toasts, minimap (SHOW_OVERLAYS undoes it)
+    const canvas = window.app.canvas.canvas, r = canvas.getBoundingClientRect();
     for (const el of document.querySelectorAll("body *")) {
-        if (el.children.length === 0 && /job(s)? completed/.test(el.textContent || "")) {
-            let b = el;
-            while (b.parentElement && !["fixed", "absolute"].includes(getComputedStyle(b).position)) b = b.parentElement;
-            b.style.display = "none";
+        if (el === canvas || el.contains(canvas) || !["fixed", "absolute"].includes(getComputedStyle(el).position)) continue;
+        const b = el.getBoundingClientRect();
+        if (b.width && b.height && b.right > r.left && b.left < r.right && b.bottom > r.top && b.top < r.bottom
+                && !el.closest(".dom-widget, .comfy-multiline-input") && !el.classList.contains("dom-widget")) {
+            el.dataset.finpercepHidden = el.style.display;
+            el.style.display = "none";
         }
     }
-    for (const el of document.querySelectorAll(".p-toast")) el.style.display = "none";
 }"""
+FOCUS = """(types) => {   // zoom the canvas onto a square of the graph; returns its box on the page
+    const nodes = window.app.graph._nodes || window.app.graph.nodes;
+    let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
+    for (const n of nodes) {
+        x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 34);
+        x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const key = types.map(t => nodes.find(n => n.type === t)).find(n => n) || nodes[0];
+    const pad = 20, side = Math.max(y1 - y0, key.size[0] * 2) + 2 * pad;
+    const cx = key.pos[0] + key.size[0] / 2;
+    const left = Math.max(x0 - pad, Math.min(cx - side / 2, x1 + pad - side)), top = (y0 + y1) / 2 - side / 2;
+    const c = window.app.canvas, r = c.canvas.getBoundingClientRect();
+    const px = Math.min(r.width, r.height), scale = px / side;
+    c.show_info = false;   // the canvas's own statistics in its corner
+    c.ds.scale = scale;
+    c.ds.offset = [-left, -top];
+    c.setDirty(true, true);
+    return {x: r.left, y: r.top, width: px, height: px};
+}"""
+SHOW_OVERLAYS = """() => { for (const el of document.querySelectorAll("[data-finpercep-hidden]")) {
+    el.style.display = el.dataset.finpercepHidden; delete el.dataset.finpercepHidden; }
+    window.app.canvas.show_info = true; }"""
 GRAPH_BOX = """() => {   // the nodes' bounding box on the page, in CSS px
     const nodes = window.app.graph._nodes || window.app.graph.nodes;
     const c = window.app.canvas, r = c.canvas.getBoundingClientRect(), s = c.ds.scale, o = c.ds.offset;
@@ -195,26 +219,28 @@ def switch_tab_and_back(page) -> None:
     page.wait_for_timeout(1500)
 
 
+#: the node a template's card centres on: its main result (the first of these types in the graph)
+THUMB_FOCUS = ["FinPercepBestOfN", "FinPercepCompareToReference", "FinPercepPDMToInpaintMask", "FinPercepScoreImage"]
+
+
 def thumbnail(page, out: Path, width: int) -> None:
-    """A square JPEG of the whole graph (the template card's picture), THUMB_SIZE px."""
+    """The template card's picture (the card is square): a THUMB_SIZE px JPEG of a square of the
+    graph as tall as the graph, centred on its main result node (:data:`THUMB_FOCUS`), with the
+    canvas's floating toolbars hidden."""
     from PIL import Image
 
     page.set_viewport_size({"width": 1000, "height": 1000})
     page.wait_for_timeout(500)
-    page.evaluate(FIT)
     page.evaluate(HIDE_OVERLAYS)
+    box = page.evaluate(FOCUS, THUMB_FOCUS)
     page.wait_for_timeout(1200)
-    box = page.evaluate(GRAPH_BOX)
     tmp = out.with_suffix(".png")
     page.screenshot(path=str(tmp), clip=box)
-    graph = Image.open(tmp).convert("RGB")
-    tmp.unlink()
-    side = max(graph.size)
-    square = Image.new("RGB", (side, side), graph.getpixel((0, 0)))
-    square.paste(graph, ((side - graph.width) // 2, (side - graph.height) // 2))
     out.parent.mkdir(parents=True, exist_ok=True)
-    square.resize((THUMB_SIZE, THUMB_SIZE), Image.LANCZOS).save(out, "JPEG", quality=82, optimize=True,
-                                                              progressive=True)
+    Image.open(tmp).convert("RGB").resize((THUMB_SIZE, THUMB_SIZE), Image.LANCZOS).save(
+        out, "JPEG", quality=82, optimize=True, progressive=True)
+    tmp.unlink()
+    page.evaluate(SHOW_OVERLAYS)
     page.set_viewport_size({"width": width, "height": max(900, width * 9 // 16)})
     page.wait_for_timeout(500)
 
