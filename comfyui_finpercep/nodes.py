@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -158,8 +159,6 @@ class _TileBar:
     (ComfyUI's progress text, drawn by the frontend under the node's widgets)."""
 
     def __init__(self, pbar: comfy.utils.ProgressBar, total: int, node_id: Optional[str], timed: bool) -> None:
-        import time
-
         self.pbar, self.total, self.node_id, self.timed = pbar, total, node_id, timed
         self.count = 0
         self.clock = time.perf_counter
@@ -231,8 +230,6 @@ def score_batch(node: str, handle: RewardModelHandle, image: torch.Tensor, stage
     time left shown on node ``node_id`` for images above :data:`TIMED_PIXELS`).
 
     Returns (scores float32 [B], pdm [B,H,W] float32 cpu, overlay [B,H,W,3] or None, stage, timing text)."""
-    import time
-
     from diffusers_ext.pdm import overlay as render_overlay
     from diffusers_ext.image_io import ImageInputError
     from diffusers_ext.request import RequestError, ScoreRequest, check_image_size, resolve
