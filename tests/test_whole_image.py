@@ -192,3 +192,4 @@ def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     torch.testing.assert_close(fitted(x).pdm, model(x).pdm)  # the maps are exactly the initial model's
     assert res["history"] and (tmp_path / "out" / "result.json").is_file()
+    assert "teacher" in (tmp_path / "out" / "model" / "README.md").read_text()

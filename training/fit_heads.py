@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.calibration import fit_calibration
-from training.checkpointing import atomic_save_model
 from training.data.fgr_dataset import FGRDataset
 from training.robustness import garbage_batch, imperceptible
 from training.train_reward import ranking_loss
@@ -48,7 +47,9 @@ logger = logging.getLogger("fit_heads")
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--init", required=True, help="the trained reward model whose score heads are refitted")
-    p.add_argument("--versions", type=Path, required=True, help="version-set folder (training/data/versions.py)")
+    p.add_argument("--versions", type=Path, action="append", required=True,
+                   help="version-set folder (training/data/versions.py); repeatable (the folders' sets must hold "
+                        "the same number of versions)")
     p.add_argument("--fgr", type=Path, required=True, help="FGR folder (triplets, and the calibration's val split)")
     p.add_argument("--output_dir", type=Path, required=True)
     p.add_argument("--versions_val", type=Path, default=None,
@@ -62,6 +63,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch_triplets", type=int, default=32)
     p.add_argument("--learning_rate", type=float, default=1e-3)
     p.add_argument("--weight_decay", type=float, default=1e-4)
+    p.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient clipping (0 = off)")
+    p.add_argument("--input_dropout", type=float, default=0.0,
+                   help="dropout on the cached head inputs while training (a regularizer: the sets are few)")
     p.add_argument("--reinit", action="store_true", help="start the heads from random instead of the --init heads")
     p.add_argument("--slope", type=float, default=1.5, help="raw score per unit of teacher distance")
     p.add_argument("--min_gap", type=float, default=0.01)
@@ -157,6 +161,11 @@ def fgr_features(model: FinPercepRM, data: FGRDataset, cache: Path, name: str) -
     return _cached_rows(cache / name, len(data), row, f"features {name}", chunk=100)
 
 
+def _cache_name(folder: Path, split: str) -> str:
+    """The feature cache of one version-set folder and split."""
+    return f"{Path(folder).name}_{split}"
+
+
 def evaluate(model: FinPercepRM, feats: torch.Tensor, dist: torch.Tensor,
              fgr: Optional[torch.Tensor] = None) -> dict[str, float]:
     """Per stage: the version order figures (clean on top, pair agreement with the teacher) and, on
@@ -177,6 +186,40 @@ def evaluate(model: FinPercepRM, feats: torch.Tensor, dist: torch.Tensor,
     return out
 
 
+def model_card(args: argparse.Namespace, before: dict, after: dict, n_sets: int, k: int, last: int) -> str:
+    """The model card of the refitted model: what it is, how it was made, the validation figures."""
+    rows = "\n".join(f"| {key} | {before.get(key, float('nan')):.3f} | {after.get(key, float('nan')):.3f} |"
+                      for key in (f"s{last}/clean_top", f"s{last}/pair_agree", f"s{last}/triplet_acc",
+                                  "s0/clean_top", "s0/pair_agree", "s0/triplet_acc"))
+    folders = " ".join(f"--versions {f}" for f in args.versions)
+    return f"""---
+library_name: diffusers
+license: apache-2.0
+tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
+---
+# FinPercep-RM with teacher-distilled score heads
+
+The reward model `{args.init}` with the score heads of every stage 0..{last} refitted on whole-image version
+sets ordered by a full-reference perceptual teacher (`{args.teacher}`: LPIPS / DISTS distance to the clean
+photo), the encoder and every map frozen (so the maps are exactly `{args.init}`'s). Calibrated per stage on
+the FGR validation split (`score_calibration`: clean photos about 0.9, heavily damaged images about 0.1).
+
+Made by `python -m training.fit_heads --init {args.init} {folders} --fgr {args.fgr} --teacher {args.teacher}
+--steps {args.steps} --learning_rate {args.learning_rate:g} --input_dropout {args.input_dropout:g}
+--fgr_items {args.fgr_items}`: {n_sets} version sets of {k} versions (the clean crop, real SR networks,
+classical upscalers, filters, defect operators, the outputs of upscalers that hacked earlier rewards), plus
+the FGR triplets' ranking and garbage images. Validation sets (other photos), teacher `{args.val_teacher}`:
+
+| figure | before | after |
+|---|---|---|
+{rows}
+
+`clean_top`: share of validation sets whose clean crop scores above all its versions (including subtle
+ones); `pair_agree`: share of version pairs ordered as the teacher orders them; `triplet_acc`: FGR
+validation triplets with S_gt > S_syn > S_sr.
+"""
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -189,14 +232,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model = FinPercepRM.from_pretrained(args.init).eval()
     model.requires_grad_(False)
     teacher = parse_teacher(args.teacher)
-    tr_sets = VersionSets(args.versions, "train", teacher)
-    va_sets = VersionSets(args.versions_val or args.versions, "val", parse_teacher(args.val_teacher))
+    tr_sets = [VersionSets(folder, "train", teacher) for folder in args.versions]
+    va_sets = VersionSets(args.versions_val or args.versions[0], "val", parse_teacher(args.val_teacher))
     fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
     fgr_va = FGRDataset(args.fgr, "val", limit=args.fgr_val_items)
-    v_tr, d_tr = version_features(model, tr_sets, cache, "versions_train")
-    v_nz = (version_features(model, tr_sets, cache, "versions_train_noisy", noisy=True)[0]
-            if args.lambda_consistency > 0 else None)
-    v_va, d_va = version_features(model, va_sets, cache, "versions_val")
+    parts = [version_features(model, sets, cache, _cache_name(folder, "train"))
+             for folder, sets in zip(args.versions, tr_sets)]
+    if len({p[0].shape[1] for p in parts}) > 1:
+        raise ValueError(f"the --versions folders hold sets of different sizes ({[p[0].shape[1] for p in parts]} "
+                         "versions): build them with the same --versions-per-set + policies count")
+    v_tr, d_tr = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    v_nz = (torch.cat([version_features(model, sets, cache, _cache_name(folder, "train_noisy"), noisy=True)[0]
+                       for folder, sets in zip(args.versions, tr_sets)]) if args.lambda_consistency > 0 else None)
+    v_va, d_va = version_features(model, va_sets, cache, _cache_name(args.versions_val or args.versions[0], "val"))
     if v_tr.shape[1] != v_va.shape[1]:
         logger.info("train sets hold %d versions, validation sets %d", v_tr.shape[1], v_va.shape[1])
     f_tr = fgr_features(model, fgr_tr, cache, "fgr_train")
@@ -207,6 +255,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     logger.info("features ready in %.0f s: %d version sets x %d versions, %d FGR items, %d garbage",
                 time.time() - t0, v_tr.shape[0], v_tr.shape[1], f_tr.shape[0], g_tr.shape[0])
     before = evaluate(model, v_va, d_va, f_va)
+    last = model.num_stages
+    logger.info("before: val s%d clean_top %.3f pair_agree %.3f triplet %.3f | s0 %.3f %.3f", last,
+                before[f"s{last}/clean_top"], before[f"s{last}/pair_agree"], before[f"s{last}/triplet_acc"],
+                before["s0/clean_top"], before["s0/pair_agree"])
 
     if args.reinit:
         for head in model.score_heads:
@@ -226,9 +278,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         iv = torch.from_numpy(rng.integers(0, len(v_tr), args.batch_versions))
         it = torch.from_numpy(rng.integers(0, len(f_tr), args.batch_triplets))
         ig = torch.from_numpy(rng.integers(0, len(g_tr), args.batch_triplets // 2))
-        s_v = stage_scores(model, v_tr[iv])                       # [b, K, S]
+        drop = (lambda t: F.dropout(t, args.input_dropout)) if args.input_dropout > 0 else (lambda t: t)
+        s_v = stage_scores(model, drop(v_tr[iv]))                 # [b, K, S]
         s_n = stage_scores(model, v_nz[iv]) if v_nz is not None else None
-        s_f = stage_scores(model, f_tr[it])                       # [b, 3, S]
+        s_f = stage_scores(model, drop(f_tr[it]))                 # [b, 3, S]
         s_g = stage_scores(model, g_tr[ig])                       # [b, S]
         terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0}
         loss = 0.0
@@ -246,6 +299,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 terms[name] += float(v.detach()) / n_stages
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         opt.step()
         sched.step()
         if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
@@ -257,7 +312,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         fig[f"s{last}/pair_agree"], fig[f"s{last}/triplet_acc"], fig["s0/clean_top"], fig["s0/pair_agree"])
     model.requires_grad_(False)
     model.register_to_config(score_calibration=fit_calibration(model, fgr_va, range(n_stages)))
-    atomic_save_model(model, args.output_dir / "model")
+    from training.checkpointing import atomic_write_dir
+
+    card = model_card(args, before, history[-1] if history else {}, len(v_tr), int(v_tr.shape[1]), n_stages - 1)
+    atomic_write_dir(args.output_dir / "model", lambda tmp: (model.save_pretrained(tmp),
+                                                             (tmp / "README.md").write_text(card)))
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "before": before, "history": history,
               "seconds": round(time.time() - t0, 1)}
     (args.output_dir / "result.json").write_text(json.dumps(result, indent=2))

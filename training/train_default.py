@@ -81,6 +81,23 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--joint_encoder", choices=["all", "maps", "robust"], default="maps",
                    help="what moves the encoder in the joint run (train_reward --joint_encoder): 'maps' = the "
                         "map losses only (README: the score terms moving it make the raw score run away)")
+    g = p.add_argument_group("reward model v6: the perceptual teacher (training/data/versions.py, training/fit_heads.py)")
+    g.add_argument("--teacher_heads", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the stages, refit every stage's score head on whole-image version sets ordered by "
+                        "LPIPS / DISTS (the bundled v6); --no-teacher_heads: the v5 recipe")
+    g.add_argument("--versions_data", type=Path, default=ROOT / "data" / "versions_v6",
+                   help="version-set folder (the validation sets go to <this>_val)")
+    g.add_argument("--versions_train", type=int, default=400, help="train version sets (one photo crop each)")
+    g.add_argument("--versions_val", type=int, default=60, help="validation version sets")
+    g.add_argument("--versions_per_set", type=int, default=12, help="versions per set besides the clean crop")
+    g.add_argument("--versions_metrics", default="lpips_alex",
+                   help="teacher metrics of the train sets (LPIPS-VGG and DISTS cost ~3x LPIPS-alex each on a CPU; "
+                        "add them later with python -m training.data.versions --label-only)")
+    g.add_argument("--versions_policy", action="append", default=[],
+                   help="NAME=merged upscaler whose outputs join every set (e.g. one that hacked an earlier reward)")
+    g.add_argument("--heads_teacher", default="lpips_alex", help="the teacher the heads learn (training/whole_image.py)")
+    g.add_argument("--heads_steps", type=int, default=3000)
+    g.add_argument("--heads_fgr_items", type=int, default=600, help="FGR triplets that keep the region ranking")
     p.add_argument("--train_arg", dest="train_args", action="append", default=[],
                    help="one more argument for train_reward.py, repeatable (e.g. --train_arg=--lambda_adv=0)")
     p.add_argument("--shard", default=None, help="build only this shard of the data (i/n) and stop; see build_fgr")
@@ -107,6 +124,11 @@ def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: i
     meta = json.loads((args.data / "dataset.json").read_text())
     excluded = f"\n- Trained **without** the families: {args.exclude_families}.\n" if args.exclude_families else ""
     moved = train_reward.JOINT_ENCODER_MOVED_BY[args.joint_encoder]
+    teacher = (f"- Score heads of every stage refitted on whole-image version sets ({args.versions_train} train crops, "
+               f"{args.versions_per_set} versions each: SR networks, classical upscalers, filters, defect operators"
+               f"{', policy outputs' if args.versions_policy else ''}) ordered by the perceptual teacher "
+               f"`{args.heads_teacher}` (LPIPS / DISTS to the clean crop), the encoder and the maps frozen "
+               "(`training/fit_heads.py`).\n" if args.teacher_heads else "")
     joint = (f", then {args.joint_steps} steps of every stage and the encoder together, the encoder moved by {moved}"
              if args.joint_steps > 0 else "")
     return f"""---
@@ -114,7 +136,7 @@ library_name: diffusers
 license: apache-2.0
 tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
-# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, v5)
+# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, {"v6" if args.teacher_heads else "v5"})
 
 The reward model bundled with the `finpercep` package: a global quality score and a Perceptual
 Degradation Map (per pixel, [0, 1], higher = more degraded). All curriculum stages are in this one
@@ -134,7 +156,7 @@ validation photo scores 0.9, the first quartile of fully damaged images 0.1. The
   degraded copy (Real-ESRGAN x4plus / x4plus-anime, realesr-animevideov3, waifu2x, classical) with
   or without an operator on top, or a garbage image; region swapping with random and superpixel masks.{excluded}
 - Curriculum: stages 0..{args.num_stages} one after the other ({args.steps} steps){joint}.
-- Garbage images as training negatives; consistency under invisible changes (noise up to 2/255, 1-px
+{teacher}- Garbage images as training negatives; consistency under invisible changes (noise up to 2/255, 1-px
   shift, 1/255 brightness) weighted {args.lambda_consistency:g}; extra `train_reward.py` arguments:
   {' '.join(args.train_args) or 'none'} (README: what each robustness term buys and costs).
 - Trained by `python -m training.train_default` in {minutes:.0f} minutes on a 2-core CPU (wall time of
@@ -151,6 +173,29 @@ robustness: `python -m training.evaluate_generalization` (README).
 A small model trained on {len(meta['photos']['train'])} photographs for CPU use and a starting point, not the paper's
 FGR-30k model.
 """
+
+
+def teacher_heads(args: argparse.Namespace, init: str) -> str:
+    """Reward model v6's last step: whole-image version sets of the train and validation photos
+    labelled by the perceptual teacher (``training/data/versions.py``; the validation sets always with
+    LPIPS-VGG, LPIPS-alex and DISTS), then the score heads of every stage refitted on them with the
+    encoder and the maps frozen (``training/fit_heads.py``). Both resume. Returns the new model folder."""
+    from training import fit_heads
+    from training.data import versions
+
+    policies = [f"--policy={p}" for p in args.versions_policy]
+    common = ["--sources", ",".join(args.sources), "--versions-per-set", str(args.versions_per_set), *policies]
+    versions.main(["--out", str(args.versions_data), "--train", str(args.versions_train), "--val", "0",
+                   "--metrics", args.versions_metrics, *common])
+    versions.main(["--out", str(args.versions_data) + "_val", "--train", "0", "--val", str(args.versions_val),
+                   *common])
+    out = args.runs / "teacher_heads"
+    if not (out / "result.json").is_file():
+        fit_heads.main(["--init", init, "--versions", str(args.versions_data), "--versions_val",
+                        str(args.versions_data) + "_val", "--fgr", str(args.data), "--output_dir", str(out),
+                        "--teacher", args.heads_teacher, "--steps", str(args.heads_steps),
+                        "--fgr_items", str(min(args.heads_fgr_items, args.train_items)), "--seed", str(args.seed)])
+    return str(out / "model")
 
 
 def record_minutes(runs: Path, minutes: float) -> float:
@@ -206,6 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 argv_s += ["--stage0_dense_weight", str(args.stage0_dense_weight)]
             train_reward.main(argv_s)
         init = str(out / "model")
+    if args.teacher_heads:
+        init = teacher_heads(args, init)
     final = FinPercepRM.from_pretrained(init).eval()
     val = FGRDataset(args.data, "val", exclude_families=parse_families(args.exclude_families))
     # The score depends on the framing the model saw in training: larger images are scored in tiles of
