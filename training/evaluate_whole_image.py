@@ -2,7 +2,7 @@
 
     python -m training.evaluate_whole_image [--model PATH] [--policy NAME=UPSCALER.safetensors ...]
 
-On crops of the *test-split photos* (never trained on; 384 px by default, scored as a user scores
+On crops of the *test-split photos* (never trained on; 256 px by default, scored as a user scores
 them: the pipeline's default tiling), each crop gets versions: the clean crop, the upscale of its own
 degraded copy (one ``light`` Real-ESRGAN-style degradation per crop and scale, shared by every
 network) by every SR network of ``--networks`` and by bicubic, a mildly blurred copy (Gaussian sigma
@@ -41,6 +41,7 @@ from training.data.photos import ALL_SOURCES, photo_pool
 from training.data.versions import TEACHER_METRICS, Teacher, _u8
 
 ROOT = Path(__file__).resolve().parent.parent
+HACK_V5 = ROOT / "benchmarks" / "hacked_upscalers" / "realesr-animevideov3-x4-hacked-by-v5.safetensors"
 #: the default version networks: every photo SR network the package can load
 DEFAULT_BENCH_NETWORKS = ("realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3-x4", "waifu2x-photo-x2",
                           "span-ch52-x4", "idealo-rdn-psnr-small-x2", "srmd-x4", "srmdnf-x4", "span-clearreality-x4",
@@ -73,12 +74,12 @@ def load_policy(path: str):
     return run
 
 
-def build_bench(out: Path, n: int = 32, size: int = 384, seed: int = 0,
+def build_bench(out: Path, n: int = 40, size: int = 256, seed: int = 0,
                 networks: Sequence[str] = DEFAULT_BENCH_NETWORKS, policies: Optional[dict[str, str]] = None,
                 sources: Sequence[str] = ALL_SOURCES, progress: bool = True) -> dict:
     """Build (or load, when its settings match) the benchmark set in ``out``."""
     out = Path(out)
-    settings = {"n": n, "size": size, "seed": seed, "networks": list(networks), "policies": dict(policies or {}),
+    settings = {"n": n, "size": size, "seed": seed, "networks": list(networks), "policies": sorted(policies or {}),
                 "sources": list(sources)}
     meta = out / "bench.json"
     if meta.is_file():
@@ -175,15 +176,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="reward model folder (default: the bundled one)")
     ap.add_argument("--stage", type=int, default=None, help="stage to score with (default: the model's)")
     ap.add_argument("--bench", type=Path, default=ROOT / "data" / "whole_image_bench")
-    ap.add_argument("--n", type=int, default=32, help="test-split crops")
-    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--n", type=int, default=40, help="test-split crops")
+    ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--networks", default=",".join(DEFAULT_BENCH_NETWORKS))
-    ap.add_argument("--policy", action="append", default=[], help="NAME=merged upscaler .safetensors (repeatable)")
+    ap.add_argument("--policy", action="append", default=None,
+                    help="NAME=merged upscaler .safetensors (repeatable); default: the upscaler that pure ReFL made "
+                         "out of v5 (benchmarks/hacked_upscalers)")
     ap.add_argument("--out", type=Path, default=ROOT / "training" / "results" / "whole_image")
     ap.add_argument("--title", default=None)
     args = ap.parse_args(argv)
-    policies = dict(p.split("=", 1) for p in args.policy)
+    policies = dict(p.split("=", 1) for p in (args.policy if args.policy is not None else [f"hack_v5_anime={HACK_V5}"]))
     data = build_bench(args.bench, args.n, args.size, args.seed, args.networks.split(","), policies)
     model = FinPercepRM.from_pretrained(args.model)
     res = summarize(data, score_bench(model, args.bench, data, args.stage))

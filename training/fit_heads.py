@@ -75,6 +75,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--margin", type=float, default=0.1, help="the triplets' margins m1 = m2")
     p.add_argument("--lambda_garbage", type=float, default=0.5)
     p.add_argument("--margin_garbage", type=float, default=0.3)
+    p.add_argument("--raw_floor", type=float, default=-1.0,
+                   help="no raw score below this (garbage included): without it the heads extrapolate garbage to "
+                        "raw -60, a calibrated 0.0 and huge RL gradients")
     p.add_argument("--garbage_items", type=int, default=512)
     p.add_argument("--lambda_consistency", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
@@ -283,7 +286,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         s_n = stage_scores(model, v_nz[iv]) if v_nz is not None else None
         s_f = stage_scores(model, drop(f_tr[it]))                 # [b, 3, S]
         s_g = stage_scores(model, g_tr[ig])                       # [b, S]
-        terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0}
+        terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0, "floor": 0.0}
         loss = 0.0
         for k in range(n_stages):
             o = order_loss(s_v[..., k], d_tr[iv], cfg)
@@ -291,11 +294,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
             garb = F.relu(args.margin_garbage - (s_f[: len(ig), 2, k].detach() - s_g[:, k])).mean()
             gap = (s_v[:, :1, k] - s_v[:, 1:, k]).mean().detach().abs().clamp_min(0.25)
             cons = (s_n[..., k] - s_v[..., k]).abs().mean() / gap if s_n is not None else s_v.new_zeros(())
+            floor = (F.relu(args.raw_floor - s_g[:, k]).mean() + F.relu(args.raw_floor - s_v[..., k]).mean())
             lk = (o["loss"] + args.lambda_rank * rank + args.lambda_garbage * garb
-                  + args.lambda_consistency * cons)
+                  + args.lambda_consistency * cons + floor)
             loss = loss + lk / n_stages
             for name, v in (("order", o["order"]), ("cal", o["cal"]), ("rank", rank), ("garbage", garb),
-                            ("consistency", cons)):
+                            ("consistency", cons), ("floor", floor)):
                 terms[name] += float(v.detach()) / n_stages
         opt.zero_grad(set_to_none=True)
         loss.backward()
