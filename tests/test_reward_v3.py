@@ -358,7 +358,7 @@ def test_train_default_appends_a_joint_run_on_the_last_stage_when_asked(monkeypa
     n = train_default.FinPercepRM().num_stages
     with pytest.raises(RuntimeError, match="stop before loading") as info:
         train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"),
-                            "--joint_steps", str(joint_steps)])
+                            "--joint_steps", str(joint_steps), "--no-teacher_heads"])
     flag = lambda argv, name: argv[argv.index(name) + 1]  # noqa: E731
     assert len(runs) == n + 1 + (joint_steps > 0)
     assert not any("--joint" in argv or "--joint_encoder" in argv for argv in runs[:n + 1])
@@ -370,3 +370,31 @@ def test_train_default_appends_a_joint_run_on_the_last_stage_when_asked(monkeypa
         assert flag(joint, "--output_dir") == str(tmp_path / "r" / "joint")
     final = "joint" if joint_steps else f"stage{n}"
     assert str(tmp_path / "r" / final / "model") in str(info.value)  # the model calibrated and exported
+
+
+def test_train_default_refits_the_heads_on_teacher_ordered_versions_by_default(monkeypatch, tmp_path):
+    """The v6 recipe: after the stages and the joint run, version sets (train, the hack round, val) are
+    built and the heads refitted from the joint model; the refitted model is the one calibrated."""
+    from training import fit_heads, train_default
+    from training.data import versions
+
+    calls = {"versions": [], "fit": []}
+    monkeypatch.setattr(train_default, "build_parallel", lambda *a, **k: None)
+    monkeypatch.setattr(train_default.train_reward, "main", lambda argv: None)
+    monkeypatch.setattr(versions, "main", lambda argv: calls["versions"].append(argv))
+    monkeypatch.setattr(fit_heads, "main", lambda argv: calls["fit"].append(argv))
+
+    def stop(path, *a, **k):
+        raise RuntimeError(f"stop before loading {path}")
+
+    monkeypatch.setattr(train_default.FinPercepRM, "from_pretrained", stop)
+    with pytest.raises(RuntimeError, match="stop before loading") as info:
+        train_default.main(["--data", str(tmp_path / "d"), "--runs", str(tmp_path / "r"),
+                            "--versions_data", str(tmp_path / "v")])
+    outs = [argv[argv.index("--out") + 1] for argv in calls["versions"]]
+    assert outs == [str(tmp_path / "v"), str(tmp_path / "v_hack1"), str(tmp_path / "v_val")]
+    assert all(Path(p.split("=", 2)[2]).is_file() for argv in calls["versions"] for p in argv if p.startswith("--policy="))
+    (fit,) = calls["fit"]
+    assert fit[fit.index("--init") + 1] == str(tmp_path / "r" / "joint" / "model")
+    assert [fit[i + 1] for i, a in enumerate(fit) if a == "--versions"] == [str(tmp_path / "v"), str(tmp_path / "v_hack1")]
+    assert str(tmp_path / "r" / "teacher_heads" / "model") in str(info.value)

@@ -87,14 +87,14 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "LPIPS / DISTS (the bundled v6); --no-teacher_heads: the v5 recipe")
     g.add_argument("--versions_data", type=Path, default=ROOT / "data" / "versions_v6",
                    help="version-set folder (the validation sets go to <this>_val)")
-    g.add_argument("--versions_train", type=int, default=400, help="train version sets (one photo crop each)")
+    g.add_argument("--versions_train", type=int, default=800, help="train version sets (one photo crop each)")
+    g.add_argument("--versions_hack_sets", type=int, default=150,
+                   help="train version sets that also hold the v6-candidate hack's outputs (<versions_data>_hack1)")
     g.add_argument("--versions_val", type=int, default=60, help="validation version sets")
     g.add_argument("--versions_per_set", type=int, default=12, help="versions per set besides the clean crop")
     g.add_argument("--versions_metrics", default="lpips_alex",
                    help="teacher metrics of the train sets (LPIPS-VGG and DISTS cost ~3x LPIPS-alex each on a CPU; "
                         "add them later with python -m training.data.versions --label-only)")
-    g.add_argument("--versions_policy", action="append", default=[],
-                   help="NAME=merged upscaler whose outputs join every set (e.g. one that hacked an earlier reward)")
     g.add_argument("--heads_teacher", default="lpips_alex", help="the teacher the heads learn (training/whole_image.py)")
     g.add_argument("--heads_steps", type=int, default=3000)
     g.add_argument("--heads_fgr_items", type=int, default=600, help="FGR triplets that keep the region ranking")
@@ -126,7 +126,7 @@ def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: i
     moved = train_reward.JOINT_ENCODER_MOVED_BY[args.joint_encoder]
     teacher = (f"- Score heads of every stage refitted on whole-image version sets ({args.versions_train} train crops, "
                f"{args.versions_per_set} versions each: SR networks, classical upscalers, filters, defect operators"
-               f"{', policy outputs' if args.versions_policy else ''}) ordered by the perceptual teacher "
+               ", the outputs of upscalers that hacked v5 and a v6 candidate) ordered by the perceptual teacher "
                f"`{args.heads_teacher}` (LPIPS / DISTS to the clean crop), the encoder and the maps frozen "
                "(`training/fit_heads.py`).\n" if args.teacher_heads else "")
     joint = (f", then {args.joint_steps} steps of every stage and the encoder together, the encoder moved by {moved}"
@@ -175,25 +175,40 @@ FGR-30k model.
 """
 
 
+HACKED = ROOT / "benchmarks" / "hacked_upscalers"
+#: the upscalers whose outputs join the version sets (outputs of pure ReFL against v5 and a v6 candidate)
+HACK_POLICIES = {"hack_v5": HACKED / "realesr-animevideov3-x4-hacked-by-v5.safetensors",
+                 "hack_v6b": HACKED / "realesr-animevideov3-x4-hacked-by-v6-candidate.safetensors"}
+
+
 def teacher_heads(args: argparse.Namespace, init: str) -> str:
     """Reward model v6's last step: whole-image version sets of the train and validation photos
     labelled by the perceptual teacher (``training/data/versions.py``; the validation sets always with
-    LPIPS-VGG, LPIPS-alex and DISTS), then the score heads of every stage refitted on them with the
-    encoder and the maps frozen (``training/fit_heads.py``). Both resume. Returns the new model folder."""
+    LPIPS-VGG, LPIPS-alex and DISTS), a second train folder in which every set also holds the outputs
+    of the upscaler that hacked a v6 candidate (the first hard-negative round), then the score heads of
+    every stage refitted on them with the encoder and the maps frozen (``training/fit_heads.py``).
+    Everything resumes. Returns the new model folder."""
     from training import fit_heads
     from training.data import versions
 
-    policies = [f"--policy={p}" for p in args.versions_policy]
-    common = ["--sources", ",".join(args.sources), "--versions-per-set", str(args.versions_per_set), *policies]
-    versions.main(["--out", str(args.versions_data), "--train", str(args.versions_train), "--val", "0",
-                   "--metrics", args.versions_metrics, *common])
-    versions.main(["--out", str(args.versions_data) + "_val", "--train", "0", "--val", str(args.versions_val),
-                   *common])
+    data, hack1, val = args.versions_data, Path(f"{args.versions_data}_hack1"), Path(f"{args.versions_data}_val")
+    sources = ["--sources", ",".join(args.sources)]
+    v5 = f"--policy=hack_v5={HACK_POLICIES['hack_v5']}"
+    versions.main(["--out", str(data), "--train", str(args.versions_train), "--val", "0", "--metrics",
+                   args.versions_metrics, "--versions-per-set", str(args.versions_per_set), v5, *sources])
+    if args.versions_hack_sets > 0:  # one more version instead of a filter: the sets stay the same size
+        versions.main(["--out", str(hack1), "--train", str(args.versions_hack_sets), "--val", "0", "--seed", "1",
+                       "--metrics", args.versions_metrics, "--versions-per-set", str(args.versions_per_set - 1), v5,
+                       f"--policy=hack_v6b={HACK_POLICIES['hack_v6b']}", *sources])
+    versions.main(["--out", str(val), "--train", "0", "--val", str(args.versions_val),
+                   "--versions-per-set", str(args.versions_per_set), v5, *sources])
     out = args.runs / "teacher_heads"
     if not (out / "result.json").is_file():
-        fit_heads.main(["--init", init, "--versions", str(args.versions_data), "--versions_val",
-                        str(args.versions_data) + "_val", "--fgr", str(args.data), "--output_dir", str(out),
-                        "--teacher", args.heads_teacher, "--steps", str(args.heads_steps),
+        folders = [str(data)] + ([str(hack1)] if args.versions_hack_sets > 0 else [])
+        fit_heads.main(["--init", init, *[a for f in folders for a in ("--versions", f)], "--versions_val", str(val),
+                        "--fgr", str(args.data), "--output_dir", str(out), "--teacher", args.heads_teacher,
+                        "--steps", str(args.heads_steps), "--learning_rate", "2e-4", "--input_dropout", "0.2",
+                        "--lambda_rank", "2.0", "--lambda_consistency", "0", "--fgr_val_items", str(args.val_items),
                         "--fgr_items", str(min(args.heads_fgr_items, args.train_items)), "--seed", str(args.seed)])
     return str(out / "model")
 
