@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .compare_cli import register as register_compare
+from .compare_cli import unique_stem as _unique_stem
 
 COMMANDS_GROUP = "finpercep.commands"
 #: ``finpercep score``'s flag of each request option (error messages name the flag the user typed).
@@ -86,15 +87,6 @@ def _build_parser() -> argparse.ArgumentParser:
             bad.add_argument("rest", nargs=argparse.REMAINDER)
             bad.set_defaults(func=_broken_command(name, error))
     return parser
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, k = path.stem, 1
-    while stem in used:
-        k += 1
-        stem = f"{path.stem}-{k}"
-    used.add(stem)
-    return stem
 
 
 def score_command(args: argparse.Namespace) -> int:

@@ -73,7 +73,9 @@ def _finite(value: float) -> Optional[float]:
     return float(value) if math.isfinite(value) else None
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
+def unique_stem(path: Path, used: set[str]) -> str:
+    """``path``'s stem, made unique among ``used`` (``a``, ``a-2``, ...) and added to it: the output
+    file names of ``finpercep score`` and ``finpercep compare``."""
     stem, k = path.stem, 1
     while stem in used:
         k += 1
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             record.update(lpips_npy=None, lpips_png=None)
             if map_dir is not None:
                 lmap = lpips_maps(image, ref, net="alex", device=device)[0]
-                stem = _unique_stem(Path(name), used)
+                stem = unique_stem(Path(name), used)
                 npy, png = map_dir / f"{stem}.lpips.npy", map_dir / f"{stem}.lpips.png"
                 np.save(npy, lmap.astype(np.float32))
                 overlay(image[0], np.clip(lmap, 0.0, 1.0), alpha=0.7, cmap=args.cmap).save(png)
