@@ -209,7 +209,8 @@ the FGR validation split (`score_calibration`: clean photos about 0.9, heavily d
 
 Made by `python -m training.fit_heads --init {args.init} {folders} --fgr {args.fgr} --teacher {args.teacher}
 --steps {args.steps} --learning_rate {args.learning_rate:g} --input_dropout {args.input_dropout:g}
---fgr_items {args.fgr_items}`: {n_sets} version sets of {k} versions (the clean crop, real SR networks,
+--lambda_rank {args.lambda_rank:g} --lambda_consistency {args.lambda_consistency:g} --raw_floor {args.raw_floor:g}
+--fgr_items {args.fgr_items} --fgr_val_items {args.fgr_val_items}`: {n_sets} version sets of {k} versions (the clean crop, real SR networks,
 classical upscalers, filters, defect operators, the outputs of upscalers that hacked earlier rewards), plus
 the FGR triplets' ranking and garbage images. Validation sets (other photos), teacher `{args.val_teacher}`:
 
