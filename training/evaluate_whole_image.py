@@ -187,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--title", default=None)
     args = ap.parse_args(argv)
     policies = dict(p.split("=", 1) for p in (args.policy if args.policy is not None else [f"hack_v5_anime={HACK_V5}"]))
-    data = build_bench(args.bench, args.n, args.size, args.seed, args.networks.split(","), policies)
+    data = build_bench(args.bench, args.n, args.size, args.seed, [n for n in args.networks.split(",") if n], policies)
     model = FinPercepRM.from_pretrained(args.model)
     res = summarize(data, score_bench(model, args.bench, data, args.stage))
     res["model"] = args.model
