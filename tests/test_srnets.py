@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ncnn_reference import run_ncnn
 
 from diffusers_ext.srnets import (
     NcnnFormatError,
@@ -242,29 +243,6 @@ def test_architecture_mismatch_is_refused() -> None:
 # Agreement with ncnn itself
 # ---------------------------------------------------------------------------------------------
 
-def _run_ncnn(name: str, image: np.ndarray) -> np.ndarray:
-    """ncnn's own fp32 CPU inference of model ``name`` on a 3xHxW float image.
-
-    Plain fp32 direct convolution: no fp16/bf16, no Vulkan, and no winograd/sgemm (their weight
-    transforms take ~4 s for x4plus's 351 convolutions and change nothing that is checked here).
-    """
-    import ncnn  # the calling test has already done pytest.importorskip("ncnn")
-
-    param, bin_ = model_files(name)
-    graph = read_ncnn_model(name).graph
-    net = ncnn.Net()
-    for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-                   "use_vulkan_compute", "use_winograd_convolution", "use_sgemm_convolution"):
-        setattr(net.opt, option, False)
-    net.opt.num_threads = torch.get_num_threads()
-    assert net.load_param(str(param)) == 0 and net.load_model(str(bin_)) == 0
-    extractor = net.create_extractor()
-    extractor.input(graph.input_blobs[0], ncnn.Mat(np.ascontiguousarray(image)))
-    ret, out = extractor.extract(graph.output_blobs[0])
-    assert ret == 0
-    return np.array(out)
-
-
 @pytest.mark.parametrize("name", REPRESENTATIVE)
 def test_matches_ncnn_inference(name: str) -> None:
     pytest.importorskip("ncnn")
@@ -275,7 +253,7 @@ def test_matches_ncnn_inference(name: str) -> None:
     if isinstance(net, UpConv7):  # the ncnn graph has no padding: feed what waifu2x-ncnn feeds it
         pad = UpConv7.PADDING
         image = np.pad(image, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
-    reference = _run_ncnn(name, image)
+    reference = run_ncnn(name, image)
     assert ours.shape == reference.shape == (3, 20 * net.scale, 20 * net.scale)
     assert reference.std() > 0.05  # a real image came out, not a constant
     # README: "match ncnn to 1e-5"; measured max |ours - ncnn| <= 2.1e-6 over these models at 20 and 32 px

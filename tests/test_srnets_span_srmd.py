@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from ncnn_reference import run_ncnn
 
 from diffusers_ext.srnets import (
     NCNN_KERNEL_CODE,
@@ -46,25 +47,6 @@ def _expected_param_count(name: str) -> int:
             params = dict(tok.split("=") for tok in line.split() if "=" in tok)
             total += int(params["6"]) + (int(params["0"]) if params.get("5") == "1" else 0)
     return total
-
-
-def _run_ncnn(name: str, image: np.ndarray) -> np.ndarray:
-    """ncnn's own fp32 CPU inference (no fp16/bf16, no Vulkan, direct convolution)."""
-    import ncnn
-
-    param, bin_ = model_files(name)
-    graph = read_ncnn_model(name).graph
-    net = ncnn.Net()
-    for option in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage",
-                   "use_vulkan_compute", "use_winograd_convolution", "use_sgemm_convolution"):
-        setattr(net.opt, option, False)
-    net.opt.num_threads = 1
-    assert net.load_param(str(param)) == 0 and net.load_model(str(bin_)) == 0
-    extractor = net.create_extractor()
-    extractor.input(graph.input_blobs[0], ncnn.Mat(np.ascontiguousarray(image, dtype=np.float32)))
-    ret, out = extractor.extract(graph.output_blobs[0])
-    assert ret == 0
-    return np.array(out)
 
 
 def _hf_energy(x: torch.Tensor) -> float:
@@ -111,7 +93,7 @@ def test_span_matches_ncnn(name: str, crop: np.ndarray) -> None:
     net = load_srnet(name)
     with torch.no_grad():
         ours = net(torch.from_numpy(crop)[None])[0].numpy()
-    reference = _run_ncnn(name, crop)
+    reference = run_ncnn(name, crop, num_threads=1)
     assert ours.shape == reference.shape == (3, 24 * net.scale, 24 * net.scale)
     assert reference.std() > 0.05
     # Brief: 1/255. Measured max |ours - ncnn| <= 1.4e-6 on photo crops. (On uniform noise the
@@ -129,7 +111,7 @@ def test_srmd_matches_ncnn_default_settings(name: str, crop: np.ndarray) -> None
         ours = net(x)[0].numpy()
         ncnn_input = torch.cat([x, net.degradation_maps(x)], 1)[0].numpy()
     assert ncnn_input.shape[0] == (19 if name.startswith("srmd-") else 18)
-    reference = _run_ncnn(name, ncnn_input)
+    reference = run_ncnn(name, ncnn_input, num_threads=1)
     assert ours.shape == reference.shape == (3, 24 * net.scale, 24 * net.scale)
     assert reference.std() > 0.05
     assert np.abs(ours - reference).max() < 1e-5  # measured <= 2.2e-6

@@ -46,6 +46,7 @@ from training.data.families import FAMILIES, GARBAGE_KINDS, PROTOCOL_HOLDOUT, SR
 from training.data.gt_maps import pixel_difference
 from training.data.masks import random_blobs
 from training.data.photos import photo_pool
+from training.data.sr_pool import match_size
 from training.metrics import auroc
 from training.robustness import attack_score
 
@@ -113,10 +114,7 @@ def damaged(name: str, hr: np.ndarray, strength: float, seed: int, nets: dict) -
             nets[name] = NetworkSR(name)
         net = nets[name]
         lr = make_lr(hr, net.scale, rng, SR_LEVEL[strength])
-        sr = net(lr, rng)
-        if sr.shape[:2] != hr.shape[:2]:
-            sr = cv2.resize(sr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
-        return np.clip(sr, 0, 1).astype(np.float32)
+        return match_size(net(lr, rng), hr)
     return operator(name)(hr, rng, strength)
 
 

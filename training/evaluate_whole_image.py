@@ -38,7 +38,9 @@ from diffusers_ext.request import resolve
 from training.data.build_fgr import PhotoCache, make_lr, random_hr_crop
 from training.data.degradations import gaussian_blur
 from training.data.photos import ALL_SOURCES, photo_pool
-from training.data.versions import TEACHER_METRICS, Teacher, _u8
+from training.data.artifacts import _to_u8
+from training.data.sr_pool import match_size
+from training.data.versions import TEACHER_METRICS, Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 HACK_V5 = ROOT / "benchmarks" / "hacked_upscalers" / "realesr-animevideov3-x4-hacked-by-v5.safetensors"
@@ -107,8 +109,7 @@ def build_bench(out: Path, n: int = 40, size: int = 256, seed: int = 0,
             versions.append((net.name, net(lrs[int(net.scale)], rng)))
         for name, pol in pols.items():
             versions.append((f"policy:{name}", pol(lrs[4])))
-        images = np.stack([_u8(cv2.resize(v, (size, size), interpolation=cv2.INTER_CUBIC) if v.shape[0] != size else v)
-                           for _, v in versions])
+        images = np.stack([_to_u8(match_size(v, hr)) for _, v in versions])
         np.save(out / f"{i:04d}.npy", images)
         items.append({"photo": photo.id, "kinds": [k for k, _ in versions], **teacher(images)})
     data = {"settings": settings, "items": items}

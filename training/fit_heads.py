@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -117,17 +116,14 @@ def stage_scores(model: FinPercepRM, inputs: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, -1)
 
 
-def _save(t: torch.Tensor, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(t, tmp)
-    tmp.replace(path)
-
-
 def _cached(path: Path, make) -> torch.Tensor:
+    """``make()``, saved to ``path`` (atomically) the first time and read from it afterwards."""
     if path.is_file():
         return torch.load(path, weights_only=True)
     t = make()
-    _save(t, path)
+    tmp = path.with_suffix(".tmp")
+    torch.save(t, tmp)
+    tmp.replace(path)
     return t
 
 

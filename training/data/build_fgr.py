@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .gt_maps import FEATURE_DISTANCES, GTMapConfig, gt_map, raw_differences
 from .photos import DEFAULT_SOURCES, EXTRA_SOURCES, SPLITS, Photo, parse_sources, photo_pool
-from .sr_pool import ArtifactSR, SRMethod, default_pool, sample_method
+from .sr_pool import ArtifactSR, SRMethod, default_pool, match_size, sample_method
 
 SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 CHANGED_THRESHOLD = 0.1  # M_gt above this inside the mask = "pixel really changed"
@@ -124,15 +124,13 @@ def _sr_output(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.rando
     method = sample_method(pool, rng)
     level = DEGRADATION_LEVELS[int(rng.choice(len(DEGRADATION_LEVELS), p=DEGRADATION_PROBS))]
     lr = make_lr(hr, method.scale, rng, level)
-    sr = method(lr, rng)
-    if sr.shape[:2] != hr.shape[:2]:
-        sr = cv2.resize(sr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
+    sr = match_size(method(lr, rng), hr)
     info = {"sr_method": method.name, "degradation": level, "lr_size": list(lr.shape[:2])}
     if isinstance(method, ArtifactSR):
         info["artifact"] = method.last_artifact
     if getattr(method, "last_settings", None):  # SRMD's drawn noise level / kernel-code factor
         info["sr_settings"] = method.last_settings
-    return np.clip(sr, 0, 1).astype(np.float32), info
+    return sr, info
 
 
 def make_triplet(hr: np.ndarray, pool: list[tuple[SRMethod, float]], rng: np.random.Generator,

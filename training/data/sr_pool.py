@@ -17,6 +17,14 @@ import numpy as np
 import torch
 
 
+def match_size(img: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``img`` (an SR output) at ``ref``'s height and width (bicubic when they differ), clipped to
+    [0, 1], float32: what every SR output of the data engine and the benchmarks goes through."""
+    if img.shape[:2] != ref.shape[:2]:
+        img = cv2.resize(img, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_CUBIC)
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
 class SRMethod(Protocol):
     name: str
     scale: int

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .artifacts import _to_u8
 from .build_fgr import PhotoCache, item_rng, make_lr, random_hr_crop
 from .degradations import add_gaussian_noise, gaussian_blur, jpeg_compress
 from .families import OPERATOR_FAMILIES, operator
 from .photos import SPLITS, parse_sources, photo_pool
+from .sr_pool import match_size
 
 #: the teacher distances stored per version (all lower = closer to the clean photo)
 TEACHER_METRICS = ("lpips_vgg", "lpips_alex", "dists")
@@ -44,16 +46,6 @@ CLASSICAL = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "lanczos"
              "nearest": cv2.INTER_NEAREST, "area": cv2.INTER_AREA}
 
 Policy = Callable[[np.ndarray], np.ndarray]  # LR float HxWx3 -> SR float (any size; resized to HR)
-
-
-def _u8(img: np.ndarray) -> np.ndarray:
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-
-
-def _to_hr(img: np.ndarray, hr: np.ndarray) -> np.ndarray:
-    if img.shape[:2] != hr.shape[:2]:
-        img = cv2.resize(img, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
-    return np.clip(img, 0, 1).astype(np.float32)
 
 
 def unsharp(img: np.ndarray, amount: float, sigma: float) -> np.ndarray:
@@ -114,14 +106,14 @@ class VersionMaker:
             net = members[int(rng.integers(len(members)))]
             level = SR_LEVELS[int(rng.integers(len(SR_LEVELS)))]
             lr = make_lr(hr, int(net.scale), rng, level)
-            out.append((f"sr:{net.name}", _to_hr(net(lr, rng), hr), {"level": level}))
+            out.append((f"sr:{net.name}", match_size(net(lr, rng), hr), {"level": level}))
         for _ in range(self.n_classical):
             name = sorted(CLASSICAL)[int(rng.integers(len(CLASSICAL)))]
             scale = int(rng.choice([2, 4]))
             level = SR_LEVELS[int(rng.integers(len(SR_LEVELS)))]
             lr = make_lr(hr, scale, rng, level)
             up = cv2.resize(lr, (hr.shape[1], hr.shape[0]), interpolation=CLASSICAL[name])
-            out.append((f"classical:{name}", _to_hr(up, hr), {"level": level, "scale": scale}))
+            out.append((f"classical:{name}", match_size(up, hr), {"level": level, "scale": scale}))
         for kind in rng.choice(FILTERS, size=self.n_filter, replace=self.n_filter > len(FILTERS)):
             img, info = filter_version(str(kind), hr, rng)
             out.append((f"filter:{kind}", img, info))
@@ -132,7 +124,7 @@ class VersionMaker:
         for name, policy in self.policies.items():
             level = SR_LEVELS[int(rng.integers(len(SR_LEVELS)))]
             lr = make_lr(hr, 4, rng, level)
-            out.append((f"policy:{name}", _to_hr(policy(lr), hr), {"level": level}))
+            out.append((f"policy:{name}", match_size(policy(lr), hr), {"level": level}))
         return out
 
 
@@ -255,7 +247,7 @@ def build(out: Path, counts: dict[str, int], hr_size: int = 192, seed: int = 0, 
             photo = photos[int(rng.integers(len(photos)))]
             hr = random_hr_crop(cache.get(photo), hr_size, rng)
             versions = maker(hr, rng)
-            images = np.stack([_u8(v) for _, v, _ in versions])
+            images = np.stack([_to_u8(v) for _, v, _ in versions])
             labels = teacher(images)
             rid = f"{split}/{i:06d}"
             (out / split).mkdir(exist_ok=True)
