@@ -270,3 +270,39 @@ def test_channels_last_activations_change_nothing_but_speed(tiny_model):
     assert tiny_model.channels_last is False and FinPercepRM.channels_last is True  # instance setting only
     for a, b in zip(res[True], res[False]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_multilevel_score_reads_every_level_texture_statistics(photo):
+    """``score_features="multilevel"``: the head reads the modulated pooled deepest feature, then each
+    shallower level's channel means and standard deviations, recomputed here from the encoder's
+    features; the input size grows by twice the shallower channels, and the tiled score (each cell
+    of every level owned by one tile) stays the untiled one."""
+    from diffusers_ext.rewards import topk_mean
+    from diffusers_ext.tiling import Tiling
+
+    model = make_tiny_model(score_features="multilevel")
+    ch = model.encoder.channels
+    assert model.score_heads[0].mlp[0].in_features == ch[-1] + 2 * sum(ch[:-1])
+    x = torch.from_numpy(photo[:96, :96]).permute(2, 0, 1)[None].contiguous()
+    with torch.no_grad():
+        feats = model.encode(x)
+        out = model(x, stage=2)
+        pdm = out.pdm
+        s = model.encoder.max_stride
+        top = (feats[-1] * (1.0 - F.avg_pool2d(pdm, s))).mean(dim=(-2, -1))
+        parts = [top]
+        for f in feats[:-1]:
+            parts += [f.mean(dim=(-2, -1)), f.std(dim=(-2, -1), unbiased=False)]
+        stats = torch.stack([pdm.flatten(1).mean(1), topk_mean(pdm, model.config.map_stat_top_fraction)], 1)
+        expected = model.score_heads[2](torch.cat(parts + [stats], dim=1))
+        torch.testing.assert_close(out.raw_score, expected, rtol=1e-4, atol=1e-4)
+        big = torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous()
+        seen = []
+        score_from = model.score_from
+        model.score_from = lambda pooled, pdm, stage: (seen.append(pooled), score_from(pooled, pdm, stage))[1]
+        model(big, stage=2)
+        model(big, stage=2, tiling=Tiling(128, 48))
+        full, tiled = seen
+        # measured: 6.5e-5 (receptive fields cut at tile borders); a level's cells owned by the
+        # deepest level's stride instead of its own: 0.027
+        assert float((full - tiled).abs().max()) < 1e-3

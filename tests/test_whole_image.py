@@ -130,12 +130,32 @@ def test_version_maker_draws_every_kind():
     assert all(np.abs(v - hr).mean() > 1e-4 for _, v, _ in out[1:])
 
 
-def test_head_inputs_reproduce_the_model_scores():
-    model = make_tiny_model()
+@pytest.mark.parametrize("features", ["top", "multilevel"])
+def test_head_inputs_reproduce_the_model_scores(features):
+    model = make_tiny_model(score_features=features)
     x = torch.rand(3, 3, 64, 64)
     s = stage_scores(model, head_inputs(model, x))
     for k in range(model.num_stages + 1):
         torch.testing.assert_close(s[:, k], model(x, stage=k).raw_score, atol=1e-5, rtol=1e-5)
+
+
+def test_heads_trained_on_standardized_inputs_fold_into_heads_that_read_raw_ones():
+    """``fit_heads --score_features multilevel --standardize``: the new heads carry the model's encoder
+    and maps, and after folding the standardization they give on raw inputs what they gave on
+    standardized ones."""
+    from training.fit_heads import fold_standardization, with_score_features
+
+    base = make_tiny_model()
+    model = with_score_features(base, "multilevel")
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(model(x).pdm, base(x).pdm)
+    inputs = head_inputs(model, x)
+    assert inputs.shape[-1] == base.encoder.channels[-1] + 2 * sum(base.encoder.channels[:-1]) + 2
+    mean, std = inputs.mean(0), inputs.std(0).clamp_min(1e-4) * 3.0
+    expect = stage_scores(model, (inputs - mean) / std)
+    fold_standardization(model, mean, std)
+    torch.testing.assert_close(stage_scores(model, inputs), expect, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model(x, stage=1).raw_score, expect[:, 1], atol=1e-5, rtol=1e-4)
 
 
 class _AlexOnly(_Stub):

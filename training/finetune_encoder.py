@@ -88,12 +88,10 @@ def all_stage_outputs(model: FinPercepRM, x: torch.Tensor) -> tuple[torch.Tensor
     size = tuple(x.shape[-2:])
     feats = model.encode(x)
     logits = model.decode_all_logits(feats)
-    total, count = model.modulated_sum(feats[-1], None, size)
-    scores = [model.score_from(total / count, None, 0)]
+    scores = [model.score_from(model.pooled(feats, None, size), None, 0)]
     for k, lg in enumerate(logits, start=1):
         pdm = model.logits_to_map(lg, size)
-        total, count = model.modulated_sum(feats[-1], pdm, size)
-        scores.append(model.score_from(total / count, pdm, k))
+        scores.append(model.score_from(model.pooled(feats, pdm, size), pdm, k))
     return torch.stack(scores, -1), logits
 
 

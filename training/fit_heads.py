@@ -66,6 +66,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--input_dropout", type=float, default=0.0,
                    help="dropout on the cached head inputs while training (a regularizer: the sets are few)")
     p.add_argument("--reinit", action="store_true", help="start the heads from random instead of the --init heads")
+    p.add_argument("--score_features", choices=["top", "multilevel"], default=None,
+                   help="change what the heads read (FinPercepRM score_features; implies --reinit); default: keep --init's")
+    p.add_argument("--standardize", action="store_true",
+                   help="train the heads on standardized inputs (train-set mean and std per stage and column), "
+                        "folded into the heads' first layer when saved"),
     p.add_argument("--slope", type=float, default=1.5, help="raw score per unit of teacher distance")
     p.add_argument("--min_gap", type=float, default=0.01)
     p.add_argument("--lambda_order", type=float, default=1.0)
@@ -88,32 +93,52 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 @torch.no_grad()
 def head_inputs(model: FinPercepRM, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
     """``[B, N + 1, C + 2]``: what each stage's score head reads for images ``x`` (``Bx3xHxW``):
-    the pooled deepest feature (stage 0: plain; stage k: dimmed by the stage-k map) and the map's
-    statistics (zeros at stage 0)."""
+    :meth:`FinPercepRM.pooled` (stage 0: plain; stage k: the deepest feature dimmed by the stage-k
+    map) and the map's statistics (zeros at stage 0)."""
     out = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
         size = tuple(xb.shape[-2:])
         feats = model.encode(xb)
-        rows = []
-        total, count = model.modulated_sum(feats[-1], None, size)
-        rows.append(torch.cat([total / count, xb.new_zeros(len(xb), 2)], 1))
+        rows = [torch.cat([model.pooled(feats, None, size), xb.new_zeros(len(xb), 2)], 1)]
         for logits in model.decode_all_logits(feats):
             pdm = model.logits_to_map(logits, size)
-            total, count = model.modulated_sum(feats[-1], pdm, size)
-            rows.append(torch.cat([total / count, model.map_stats(pdm)], 1))
+            rows.append(torch.cat([model.pooled(feats, pdm, size), model.map_stats(pdm)], 1))
         out.append(torch.stack(rows, 1).float())
     return torch.cat(out)
 
 
 def stage_scores(model: FinPercepRM, inputs: torch.Tensor) -> torch.Tensor:
     """``[..., N + 1]`` raw scores of every stage from :func:`head_inputs`."""
-    c = model.encoder.channels[-1]
+    c = inputs.shape[-1] - 2
     cols = [model.score_heads[0](inputs[..., 0, :c])]
     for k in range(1, model.num_stages + 1):
         x = inputs[..., k, :] if model.config.score_map_stats else inputs[..., k, :c]
         cols.append(model.score_heads[k](x))
     return torch.stack(cols, -1)
+
+
+def with_score_features(model: FinPercepRM, score_features: str) -> FinPercepRM:
+    """A copy of ``model`` whose score heads read ``score_features`` (new, untrained heads; the encoder,
+    decoder and every map are ``model``'s)."""
+    new = FinPercepRM.from_config(model.config, score_features=score_features).eval()
+    body = {k: v for k, v in model.state_dict().items() if not k.startswith("score_heads.")}
+    missing, unexpected = new.load_state_dict(body, strict=False)
+    if unexpected or any(not k.startswith("score_heads.") for k in missing):
+        raise RuntimeError(f"could not carry the encoder and decoder over: {missing} {unexpected}")
+    return new
+
+
+@torch.no_grad()
+def fold_standardization(model: FinPercepRM, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold ``(x - mean) / std`` (``[N + 1, F]``, per stage and head-input column, as in
+    :func:`head_inputs`) into each score head's first layer, so the heads read raw inputs."""
+    for k, head in enumerate(model.score_heads):
+        lin = head.mlp[0]
+        n = lin.in_features
+        mu, sd = mean[k, :n].to(lin.weight), std[k, :n].to(lin.weight)
+        lin.weight.div_(sd)
+        lin.bias.sub_(lin.weight @ mu)
 
 
 def _cached(path: Path, make) -> torch.Tensor:
@@ -230,6 +255,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     cache = args.cache or args.output_dir / "cache"  # one cache per --init model: features depend on it
     cache.mkdir(parents=True, exist_ok=True)
     model = FinPercepRM.from_pretrained(args.init).eval()
+    if args.score_features and args.score_features != model.config.get("score_features", "top"):
+        model = with_score_features(model, args.score_features)
+        args.reinit = True
     model.requires_grad_(False)
     teacher = parse_teacher(args.teacher)
     tr_sets = [VersionSets(folder, "train", teacher) for folder in args.versions]
@@ -260,6 +288,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 before[f"s{last}/clean_top"], before[f"s{last}/pair_agree"], before[f"s{last}/triplet_acc"],
                 before["s0/clean_top"], before["s0/pair_agree"])
 
+    norm = None
+    if args.standardize:
+        flat = v_tr.flatten(0, 1)                                  # [n*K, S, F]
+        norm = (flat.mean(0), flat.std(0).clamp_min(1e-4))
+        v_tr, v_va, f_tr, f_va, g_tr = ((t - norm[0]) / norm[1] for t in (v_tr, v_va, f_tr, f_va, g_tr))
+        v_nz = (v_nz - norm[0]) / norm[1] if v_nz is not None else None
     if args.reinit:
         for head in model.score_heads:
             for m in head.modules():
@@ -312,6 +346,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
                         step + 1, {k: round(v, 4) for k, v in terms.items()}, last, fig[f"s{last}/clean_top"],
                         fig[f"s{last}/pair_agree"], fig[f"s{last}/triplet_acc"], fig["s0/clean_top"], fig["s0/pair_agree"])
     model.requires_grad_(False)
+    if norm is not None:
+        fold_standardization(model, *norm)
     model.register_to_config(score_calibration=fit_calibration(model, fgr_va, range(n_stages)))
     from training.checkpointing import atomic_write_dir
 

@@ -342,8 +342,7 @@ def stage_loss(model: FinPercepRM, batch: dict[str, torch.Tensor], args: argpars
         return terms
     with torch.no_grad():
         gt_feats = [f[lay["gt"]] for f in feats]
-        pooled0, c0 = model.modulated_sum(gt_feats[-1], None, size)
-        s0_gt = model.score_from(pooled0 / c0, None, 0)
+        s0_gt = model.score_from(model.pooled(gt_feats, None, size), None, 0)
     mt = map_terms(model, logits, lay, size, batch, args)
     terms.update({k: v for k, v in mt.items() if k != "map_loss"})
     terms["align"] = (s["gt"] - s0_gt).abs().mean()

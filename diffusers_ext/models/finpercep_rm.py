@@ -89,6 +89,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         head_hidden: hidden width of the score MLPs.
         score_modulation: ``"one_minus"`` pools ``f_N ⊙ (1 - M)``, ``"none"`` pools ``f_N``.
         score_map_stats: also feed the map's mean and top-fraction mean into the score MLP (OURS).
+        score_features: what else the score MLP reads besides the pooled deepest feature: ``"top"``
+            nothing; ``"multilevel"`` the spatial mean and standard deviation of every channel of
+            every shallower encoder level (texture statistics, as DISTS compares them; OURS, v6).
         map_stat_top_fraction: the fraction used by that top-fraction mean.
         min_size: smallest accepted image side, in pixels.
         score_calibration: per stage 0..N, ``[a, b]`` of the bounded score ``sigmoid(a * raw + b)``
@@ -118,6 +121,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         head_hidden: int = 128,
         score_modulation: str = "one_minus",
         score_map_stats: bool = True,
+        score_features: str = "top",
         map_stat_top_fraction: float = 0.01,
         min_size: int = 32,
         native_size: Optional[int] = None,
@@ -126,6 +130,8 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         super().__init__()
         if score_modulation not in ("one_minus", "none"):
             raise ValueError(f"score_modulation must be 'one_minus' or 'none', got {score_modulation!r}")
+        if score_features not in ("top", "multilevel"):
+            raise ValueError(f"score_features must be 'top' or 'multilevel', got {score_features!r}")
         self.encoder = build_backbone(backbone, **(backbone_kwargs or {}))
         levels = len(self.encoder.channels)
         n = levels if num_stages is None else int(num_stages)
@@ -139,6 +145,8 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             DecoderLevel(skips[j], widths[j - 1] if j else 0, widths[j]) for j in range(n)
         )
         c_top = self.encoder.channels[-1]
+        if score_features == "multilevel":
+            c_top += 2 * sum(self.encoder.channels[:-1])
         extra = 2 if score_map_stats else 0
         self.score_heads = nn.ModuleList(
             [ScoreHead(c_top, head_hidden)] + [ScoreHead(c_top + extra, head_hidden) for _ in range(n)]
@@ -295,6 +303,45 @@ class FinPercepRM(ModelMixin, ConfigMixin):
             f = f[..., owned[0], owned[1]]
         return f.sum(dim=(-2, -1)), f.shape[-2] * f.shape[-1]
 
+    def pooled_sums(self, feats: list[torch.Tensor], pdm: Optional[torch.Tensor], size: tuple[int, int],
+                    owned: Optional[Callable[[int, int, int], tuple[slice, slice]]] = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums ``[B, F]`` over the feature cells inside the image (and, for a tile, inside
+        ``owned(stride, rows, cols)``) and the cell count of each column ``[F]``: the modulated
+        deepest feature, then (``score_features="multilevel"``) every shallower level's values and
+        squares; float32. Sums of tiles add up to the whole image's; :meth:`pooled_from_sums` makes the head input."""
+        top = self.modulated_sum(feats[-1], pdm, size,
+                                 None if owned is None else owned(self.encoder.max_stride, *feats[-1].shape[-2:]))
+        sums, counts = [top[0].float()], [top[0].new_full((top[0].shape[-1],), float(top[1]), dtype=torch.float32)]
+        if self.config.get("score_features", "top") == "multilevel":
+            for f, s in zip(feats[:-1], self.encoder.strides[:-1]):
+                f = f[..., : -(-size[0] // s), : -(-size[1] // s)].float()
+                if owned is not None:
+                    rows, cols = owned(s, *f.shape[-2:])
+                    f = f[..., rows, cols]
+                n = f.new_full((2 * f.shape[1],), float(f.shape[-2] * f.shape[-1]))
+                sums.append(torch.cat([f.sum(dim=(-2, -1)), f.square().sum(dim=(-2, -1))], 1))
+                counts.append(n)
+        return torch.cat(sums, 1), torch.cat(counts)
+
+    def pooled_from_sums(self, sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The score MLP's feature input from :meth:`pooled_sums`: the pooled deepest feature, then
+        each shallower level's channel means and standard deviations."""
+        c = self.encoder.channels[-1]
+        mean = sums / counts
+        if sums.shape[-1] == c:
+            return mean
+        parts, i = [mean[:, :c]], c
+        for ch in self.encoder.channels[:-1]:
+            m, sq = mean[:, i:i + ch], mean[:, i + ch:i + 2 * ch]
+            parts += [m, (sq - m.square()).clamp_min(0).add(1e-6).sqrt()]
+            i += 2 * ch
+        return torch.cat(parts, 1)
+
+    def pooled(self, feats: list[torch.Tensor], pdm: Optional[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The score MLP's feature input of images of ``size`` (untiled)."""
+        return self.pooled_from_sums(*self.pooled_sums(feats, pdm, size)).to(feats[-1].dtype)
+
     def map_stats(self, pdm: torch.Tensor) -> torch.Tensor:
         """``[B, 2]``: mean and top-fraction mean of each map (inputs of the score MLP)."""
         return torch.stack([pdm.flatten(1).mean(1), topk_mean(pdm, self.config.map_stat_top_fraction)], dim=1)
@@ -311,8 +358,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         images of ``size``: everything :meth:`forward` does after :meth:`encode`."""
         logits = self.decode_logits(feats, stage)
         pdm = None if logits is None else self.logits_to_map(logits, size)
-        total, count = self.modulated_sum(feats[-1], pdm, size)
-        return self.score_from(total / count, pdm, stage), pdm, logits
+        return self.score_from(self.pooled(feats, pdm, size), pdm, stage), pdm, logits
 
     @property
     def calibrated(self) -> bool:
@@ -363,7 +409,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         ys, xs = tiling.grid(h, w)
         acc = images.new_zeros(b, 1, h, w, dtype=torch.float32) if stage else None
         wsum = images.new_zeros(1, 1, h, w, dtype=torch.float32) if stage else None
-        pooled, cells = None, 0
+        pooled, cells = None, None
         for iy, y0 in enumerate(ys):
             for ix, x0 in enumerate(xs):
                 crop = images[..., y0:y0 + tile, x0:x0 + tile]
@@ -371,10 +417,12 @@ class FinPercepRM(ModelMixin, ConfigMixin):
                 feats = self.encode(crop)
                 logits = self.decode_logits(feats, stage)
                 pdm = None if logits is None else self.logits_to_map(logits, (th, tw))
-                own = (owned_cells(ys, iy, tile, s, -(-th // s)), owned_cells(xs, ix, tile, s, -(-tw // s)))
-                part, n = self.modulated_sum(feats[-1], pdm, (th, tw), owned=own)
+                def own(stride: int, rows: int, cols: int, iy: int = iy, ix: int = ix) -> tuple[slice, slice]:
+                    return (owned_cells(ys, iy, tile, stride, min(rows, -(-th // stride))),
+                            owned_cells(xs, ix, tile, stride, min(cols, -(-tw // stride))))
+                part, n = self.pooled_sums(feats, pdm, (th, tw), owned=own)
                 pooled = part.float() if pooled is None else pooled + part.float()
-                cells += n
+                cells = n if cells is None else cells + n
                 if pdm is not None:
                     wy = ramp(th, overlap, iy == 0, iy == len(ys) - 1)
                     wx = ramp(tw, overlap, ix == 0, ix == len(xs) - 1)
@@ -385,7 +433,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
                     on_pass()
         dtype = next(self.score_heads.parameters()).dtype
         full = None if acc is None else (acc / wsum.clamp_min(1e-8)).to(dtype)
-        return self.score_from((pooled / cells).to(dtype), full, stage), full
+        return self.score_from(self.pooled_from_sums(pooled, cells).to(dtype), full, stage), full
 
     def _pad_size(self, size: tuple[int, int]) -> tuple[int, int]:
         s = self.encoder.max_stride
