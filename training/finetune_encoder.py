@@ -72,6 +72,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--margin_garbage", type=float, default=0.3)
     p.add_argument("--raw_floor", type=float, default=-1.0)
     p.add_argument("--lambda_keep_maps", type=float, default=1.0, help="map self-distillation toward --init")
+    p.add_argument("--lambda_nt", type=float, default=0.0,
+                   help="gradient-norm regularization (Liu et al., NT): the score's rise along sign(grad) at "
+                        "--nt_eps, a finite-difference estimate of eps * ||grad_x S||_1 (0 = off)")
+    p.add_argument("--nt_eps", type=float, default=2.0, help="NT step, in 1/255 units (the attack benchmark's budget)")
+    p.add_argument("--nt_images", type=int, default=8, help="NT: damaged versions per step")
     p.add_argument("--fgr_items", type=int, default=3000)
     p.add_argument("--fgr_val_items", type=int, default=300)
     p.add_argument("--val_sets", type=int, default=60)
@@ -93,6 +98,18 @@ def all_stage_outputs(model: FinPercepRM, x: torch.Tensor) -> tuple[torch.Tensor
         pdm = model.logits_to_map(lg, size)
         scores.append(model.score_from(model.pooled(feats, pdm, size), pdm, k))
     return torch.stack(scores, -1), logits
+
+
+def nt_penalty(model: FinPercepRM, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean rise of every stage's raw score from ``x`` to ``x + eps * sign(grad_x S)`` (``S``: the mean
+    over stages; the step of a one-step L-inf attack): the finite-difference estimate of
+    ``eps * ||grad_x S||_1`` that NT penalizes. One extra forward-backward for the direction, one
+    forward-backward through both scores."""
+    xg = x.detach().clone().requires_grad_(True)
+    base = all_stage_outputs(model, xg)[0]
+    (grad,) = torch.autograd.grad(base.mean(1).sum(), xg, retain_graph=True)
+    moved = all_stage_outputs(model, (x + eps * grad.sign()).clamp(0, 1))[0]
+    return F.relu(moved - base).mean()
 
 
 def keep_maps_loss(logits: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
@@ -203,6 +220,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
             loss = loss + (o["loss"] + args.lambda_rank * rank + args.lambda_garbage * garb + floor) / n_stages
             for name, v in (("order", o["order"]), ("cal", o["cal"]), ("rank", rank), ("garbage", garb), ("floor", floor)):
                 terms[name] += float(v.detach()) / n_stages
+        if args.lambda_nt > 0:
+            pick = torch.from_numpy(rng.choice(len(xv), min(args.nt_images, len(xv)), replace=False))
+            nt = nt_penalty(model, xv[pick], args.nt_eps / 255.0)
+            terms["nt"] = float(nt.detach())
+            loss = loss + args.lambda_nt * nt
         keep = keep_maps_loss([lg[: len(xv) + len(xf)] for lg in logits], ref_logits)
         terms["keep_maps"] = float(keep.detach())
         loss = loss + args.lambda_keep_maps * keep
