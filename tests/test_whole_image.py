@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_model
 from training.data.sr_pool import ClassicalSR
 from training.data.versions import VersionMaker, build, network_family, read_manifest
-from training.evaluate_whole_image import kendall_tau, summarize
+from training.evaluate_whole_image import kendall_tau, summarize, teacher_agreement
 from training.fit_heads import head_inputs, stage_scores
 from training.whole_image import OrderConfig, VersionSets, order_figures, order_loss, parse_teacher, teacher_distance
 
@@ -79,6 +79,10 @@ def test_order_figures_and_summary():
     assert res["kinds"]["policy:hack"]["below_clean"] == 1.0
     assert res["sr_below_clean"] == 0.5  # policies are reported apart
     assert res["tau_lpips_vgg"] == pytest.approx((1.0 + (-1 / 3)) / 2)
+    data["items"][1]["dists"] = [0.0, 0.1, 0.3]  # crop 2: DISTS orders its two versions the other way
+    agree = teacher_agreement(data)
+    assert agree["lpips_vgg~lpips_alex"] == 1.0
+    assert agree["lpips_vgg~dists"] == pytest.approx((1.0 + 1 / 3) / 2)
 
 
 def test_network_family():

@@ -156,11 +156,23 @@ def summarize(data: dict, scores: list[np.ndarray]) -> dict:
     return res
 
 
+def teacher_agreement(data: dict) -> dict[str, float]:
+    """Kendall tau between the teacher metrics themselves over each crop's versions, averaged over crops:
+    how far two full-reference metrics agree on the order (the ceiling a no-reference score can reach
+    against both at once)."""
+    items = data["items"]
+    pairs = [(a, b) for i, a in enumerate(TEACHER_METRICS) for b in TEACHER_METRICS[i + 1:]]
+    return {f"{a}~{b}": float(np.nanmean([kendall_tau(np.asarray(it[a]), np.asarray(it[b])) for it in items]))
+            for a, b in pairs}
+
+
 def format_table(res: dict, title: str) -> str:
     lines = [f"### {title}", "",
              f"{res['items']} crops: clean on top **{res['clean_top']:.3f}**; Kendall tau vs LPIPS-VGG "
              f"**{res['tau_lpips_vgg']:.3f}**, vs DISTS **{res['tau_dists']:.3f}**, vs LPIPS-alex {res['tau_lpips_alex']:.3f}; "
              f"SR versions below the clean crop {res['sr_below_clean']:.3f}", "",
+             "The teachers among themselves (Kendall tau): " + ", ".join(
+                 f"{k.replace('~', ' vs ')} {v:.3f}" for k, v in res.get("teacher_agreement", {}).items()), "",
              "| version | below clean | agrees with LPIPS-VGG | mean score | LPIPS-VGG | DISTS | LPIPS-alex |",
              "|---|---|---|---|---|---|---|"]
     for k, r in res["kinds"].items():
@@ -191,6 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     data = build_bench(args.bench, args.n, args.size, args.seed, [n for n in args.networks.split(",") if n], policies)
     model = FinPercepRM.from_pretrained(args.model)
     res = summarize(data, score_bench(model, args.bench, data, args.stage))
+    res["teacher_agreement"] = teacher_agreement(data)
     res["model"] = args.model
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2))
