@@ -213,6 +213,9 @@ def test_loading_refuses_pickles_and_explains_corrupt_or_mismatched_folders(tmp_
     trusted = FinPercepRM.from_pretrained(pickled, use_safetensors=False)  # explicit opt-in still works
     assert trusted.num_stages == tiny_model.num_stages
 
+    with pytest.raises(FileNotFoundError, match="neither a reward-model folder"):
+        FinPercepRM.from_pretrained(str(tmp_path / "runs" / "missing" / "model"))
+
 
 def test_hub_file_names_cannot_escape_the_repository():
     from diffusers_ext.hub import check_relative_filename

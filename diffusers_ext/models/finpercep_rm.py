@@ -12,6 +12,8 @@ exactly the outputs it gave when it was trained: the RL trainer loads any stage 
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -180,6 +182,9 @@ class FinPercepRM(ModelMixin, ConfigMixin):
         if kwargs.get("use_safetensors") is None:  # diffusers' pipeline loader passes None through
             kwargs["use_safetensors"] = True
         where = str(pretrained_model_name_or_path)
+        if not os.path.exists(where) and (os.path.isabs(where) or where.startswith(".") or where.count("/") > 1):
+            raise FileNotFoundError(f"{where} is neither a reward-model folder (no such path) nor a Hub id "
+                                    "(owner/name): check the path, or train one with python -m training.train_default")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except ValueError as e:
