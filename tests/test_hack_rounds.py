@@ -72,7 +72,7 @@ def test_rounds_hack_label_retrain_check_and_resume(tmp_path, monkeypatch):
     assert _arg(v1, "--versions-per-set") == str(14 - 1 - 4)          # the base sets' size is kept
     fit1 = fake.calls[9]
     assert [fit1[i + 1] for i, c in enumerate(fit1) if c == "--versions"] == [
-        str(base), str(tmp_path / "out" / "round0" / "versions"), str(tmp_path / "out" / "round1" / "versions")]
+        str(base), str(tmp_path / "out" / "round0" / "versions_round0"), str(tmp_path / "out" / "round1" / "versions_round1")]
     assert _arg(fake.calls[4], "--model") == "R0" and _arg(fake.calls[5], "--model") == r1
     assert rows[0]["below_before"] == {"r0-realesr-animevideov3-x4-s0": 0.2, "r0-realesr-animevideov3-x4-s1": 0.2}
     assert rows[0]["below_after"]["r0-realesr-animevideov3-x4-s1"] == 0.9

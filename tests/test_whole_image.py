@@ -217,3 +217,13 @@ def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
     torch.testing.assert_close(fitted(x).pdm, model(x).pdm)  # the maps are exactly the initial model's
     assert res["history"] and (tmp_path / "out" / "result.json").is_file()
     assert "teacher" in (tmp_path / "out" / "model" / "README.md").read_text()
+
+
+def test_feature_cache_refuses_rows_of_another_source(tmp_path):
+    from training.fit_heads import _cached_rows
+
+    rows = _cached_rows(tmp_path / "c", 3, lambda i: torch.full((2,), float(i)), "x", source="/data/a/versions")
+    again = _cached_rows(tmp_path / "c", 3, lambda i: torch.zeros(2), "x", source="/data/a/versions")
+    torch.testing.assert_close(again, rows)  # read back, not recomputed
+    with pytest.raises(ValueError, match="holds features of /data/a/versions"):
+        _cached_rows(tmp_path / "c", 3, lambda i: torch.zeros(2), "x", source="/data/b/versions")

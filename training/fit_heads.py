@@ -152,10 +152,17 @@ def _cached(path: Path, make) -> torch.Tensor:
     return t
 
 
-def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25) -> torch.Tensor:
+def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25, source: Optional[str] = None) -> torch.Tensor:
     """``torch.stack([row(i) for i in range(n)])``, computed in chunks of ``chunk`` rows that are
-    saved under ``folder`` as they finish, so an interrupted extraction resumes where it stopped."""
+    saved under ``folder`` as they finish, so an interrupted extraction resumes where it stopped.
+    ``source`` (what the rows are of) is recorded in the folder; another source is refused."""
     folder.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        mark = folder / "source.txt"
+        if mark.is_file() and mark.read_text().strip() != source:
+            raise ValueError(f"the feature cache {folder} holds features of {mark.read_text().strip()}, not of {source}: "
+                             "pass another --cache, or give the version-set folder a name of its own")
+        mark.write_text(source + "\n")
     parts = []
     for start in tqdm(range(0, n, chunk), desc=desc, leave=False):
         path = folder / f"{start:06d}_{min(start + chunk, n):06d}.pt"
@@ -172,7 +179,7 @@ def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: s
         if noisy:
             x = imperceptible(x, torch.Generator().manual_seed(1234 + i), 2.0 / 255)
         return head_inputs(model, x)
-    feats = _cached_rows(cache / name, len(sets), row, f"features {name}")
+    feats = _cached_rows(cache / name, len(sets), row, f"features {name}", source=f"{sets.root.resolve()} (noisy={noisy})")
     dist = torch.from_numpy(np.stack([sets.distances(i) for i in range(len(sets))]))
     return feats, dist
 

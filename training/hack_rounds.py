@@ -85,7 +85,7 @@ def hack(args: argparse.Namespace, reward: str, out: Path) -> dict[str, dict]:
 
 def label(args: argparse.Namespace, r: int, policies: dict[str, str], out: Path) -> Path:
     """Step 2: new version sets with the outputs of ``policies`` (the same set size as the base sets)."""
-    folder = out / "versions"
+    folder = out / f"versions_round{r}"  # a name of its own: fit_heads keys its feature cache by folder name
     if not (folder / "versions.json").is_file() or sum(1 for _ in (folder / "manifest.jsonl").open()) < args.sets:
         per_set = set_size(args.versions[0]) - 1 - len(policies)
         if per_set < 1:
