@@ -223,6 +223,13 @@ def model_card(args: argparse.Namespace, before: dict, after: dict, n_sets: int,
                       for key in (f"s{last}/clean_top", f"s{last}/pair_agree", f"s{last}/triplet_acc",
                                   "s0/clean_top", "s0/pair_agree", "s0/triplet_acc"))
     folders = " ".join(f"--versions {f}" for f in args.versions)
+    heads = ""
+    if args.score_features:
+        heads += f" --score_features {args.score_features}"
+    if args.standardize:
+        heads += " --standardize"
+    reads = ("the pooled deepest feature and the channel means and standard deviations of every shallower encoder "
+             "level (`score_features: multilevel`)" if args.score_features == "multilevel" else "the pooled deepest feature")
     return f"""---
 library_name: diffusers
 license: apache-2.0
@@ -230,14 +237,14 @@ tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
 # FinPercep-RM with teacher-distilled score heads
 
-The reward model `{args.init}` with the score heads of every stage 0..{last} refitted on whole-image version
+The reward model `{args.init}` with the score heads of every stage 0..{last} (reading {reads}) refitted on whole-image version
 sets ordered by a full-reference perceptual teacher (`{args.teacher}`: LPIPS / DISTS distance to the clean
 photo), the encoder and every map frozen (so the maps are exactly `{args.init}`'s). Calibrated per stage on
 the FGR validation split (`score_calibration`: clean photos about 0.9, heavily damaged images about 0.1).
 
 Made by `python -m training.fit_heads --init {args.init} {folders} --fgr {args.fgr} --teacher {args.teacher}
 --steps {args.steps} --learning_rate {args.learning_rate:g} --input_dropout {args.input_dropout:g}
---lambda_rank {args.lambda_rank:g} --lambda_consistency {args.lambda_consistency:g} --raw_floor {args.raw_floor:g}
+--lambda_rank {args.lambda_rank:g} --lambda_consistency {args.lambda_consistency:g} --raw_floor {args.raw_floor:g}{heads}
 --fgr_items {args.fgr_items} --fgr_val_items {args.fgr_val_items}`: {n_sets} version sets of {k} versions (the clean crop, real SR networks,
 classical upscalers, filters, defect operators, the outputs of upscalers that hacked earlier rewards), plus
 the FGR triplets' ranking and garbage images. Validation sets (other photos), teacher `{args.val_teacher}`:
