@@ -23,7 +23,6 @@ calibrated per stage on the FGR validation split and the model written to ``<out
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import time
@@ -36,8 +35,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
-from training.calibration import fit_calibration
 from training.checkpointing import atomic_write_dir, recover_dir
+from training.fit_heads import write_outputs
 from training.data.fgr_dataset import FGRDataset
 from training.robustness import garbage_batch
 from training.train_reward import ranking_loss
@@ -246,13 +245,36 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 (tmp / "state.json").write_text(json.dumps({"step": done, "steps": args.steps, "history": history}))
             atomic_write_dir(ckpt, write)
     model.requires_grad_(False)
-    model.register_to_config(score_calibration=fit_calibration(model, fgr_va, range(n_stages)))
-    atomic_write_dir(args.output_dir / "model", lambda tmp: model.save_pretrained(tmp))
-    result = {"args": {k_: str(v) for k_, v in vars(args).items()}, "history": history,
-              "seconds": round(time.time() - t0, 1)}
-    (args.output_dir / "result.json").write_text(json.dumps(result, indent=2))
-    logger.info("wrote %s in %.0f s", args.output_dir / "model", time.time() - t0)
-    return result
+    return write_outputs(model, fgr_va, args, model_card(args, history), t0, history=history)
+
+
+def model_card(args: argparse.Namespace, history: list[dict]) -> str:
+    """The model card: what was trained, the command, the validation figures before and after."""
+    last = max(int(k[1:].split("/")[0]) for k in history[0] if k.startswith("s") and "/" in k)
+    keys = [f"s{last}/clean_top", f"s{last}/pair_agree", f"s{last}/triplet_acc", f"s{last}/pair_acc"]
+    rows = "\n".join(f"| {k} | {history[0].get(k, float('nan')):.3f} | {history[-1].get(k, float('nan')):.3f} |"
+                      for k in keys)
+    folders = " ".join(f"--versions {f}" for f in args.versions)
+    return f"""---
+library_name: diffusers
+license: apache-2.0
+tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
+---
+# FinPercep-RM with an encoder trained on whole-image version sets
+
+`{args.init}` with every weight trained on the teacher's (`{args.teacher}`) order of whole-image versions, the FGR
+triplets and garbage images, its maps held to `{args.init}`'s by self-distillation (weight {args.lambda_keep_maps:g}),
+NT gradient-norm regularization {args.lambda_nt:g}. Calibrated per stage on the FGR validation split.
+
+Made by `python -m training.finetune_encoder --init {args.init} {folders} --fgr {args.fgr} --teacher {args.teacher}
+--steps {args.steps} --learning_rate {args.learning_rate:g} --encoder_lr {args.encoder_lr:g}
+--lambda_keep_maps {args.lambda_keep_maps:g} --lambda_nt {args.lambda_nt:g}`. Validation sets (other photos), teacher
+`{args.val_teacher}`, at step 0 and step {history[-1].get("step", args.steps)}:
+
+| figure | before | after |
+|---|---|---|
+{rows}
+"""
 
 
 if __name__ == "__main__":

@@ -362,14 +362,21 @@ def main(argv: Optional[list[str]] = None) -> dict:
     model.requires_grad_(False)
     if norm is not None:
         fold_standardization(model, *norm)
-    model.register_to_config(score_calibration=fit_calibration(model, fgr_va, range(n_stages)))
+    card = model_card(args, before, history[-1] if history else {}, len(v_tr), int(v_tr.shape[1]), n_stages - 1)
+    return write_outputs(model, fgr_va, args, card, t0, before=before, history=history)
+
+
+def write_outputs(model: FinPercepRM, fgr_val: FGRDataset, args: argparse.Namespace, card: str, t0: float,
+                  **result: object) -> dict:
+    """The end of a score-training run: calibrate every stage on ``fgr_val``, write the model with its
+    card to ``<output_dir>/model`` (atomically) and ``result`` (with the run's arguments and time) to
+    ``<output_dir>/result.json``."""
     from training.checkpointing import atomic_write_dir
 
-    card = model_card(args, before, history[-1] if history else {}, len(v_tr), int(v_tr.shape[1]), n_stages - 1)
+    model.register_to_config(score_calibration=fit_calibration(model, fgr_val, range(model.num_stages + 1)))
     atomic_write_dir(args.output_dir / "model", lambda tmp: (model.save_pretrained(tmp),
                                                              (tmp / "README.md").write_text(card)))
-    result = {"args": {k: str(v) for k, v in vars(args).items()}, "before": before, "history": history,
-              "seconds": round(time.time() - t0, 1)}
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, **result, "seconds": round(time.time() - t0, 1)}
     (args.output_dir / "result.json").write_text(json.dumps(result, indent=2))
     logger.info("wrote %s in %.0f s", args.output_dir / "model", time.time() - t0)
     return result
