@@ -10,12 +10,13 @@ import pytest
 
 from training import ccl_lora
 from training.ccl import hacking
-from training.ccl.hackflag import HackRule, summary
+from training.ccl.hackflag import HackRule, parse_metrics, summary
 from training.ccl.monitor import LABELS, Monitor
 
 from test_ccl_train import assets, base_args  # noqa: F401  (the tiny reward model fixture)
 
 START = {"step": 0.0, "reward_final": 1.0, "lpips_alex": 0.30, "dists": 0.20, "psnr": 24.0}
+ALEX = ("lpips_alex", "dists")  # the rule's metrics until v6; these tests' records carry LPIPS-alex
 
 
 def rec(step: float, reward: float, lpips: float, dists: float) -> dict[str, float]:
@@ -23,7 +24,7 @@ def rec(step: float, reward: float, lpips: float, dists: float) -> dict[str, flo
 
 
 def test_the_rule_needs_a_reward_rise_and_both_perceptual_distances_worse():
-    rule = HackRule(reward_margin=0.05, perceptual_margin=0.01)
+    rule = HackRule(reward_margin=0.05, perceptual_margin=0.01, metrics=ALEX)
     assert rule.check(START, rec(1, 1.10, 0.32, 0.22)) is True  # the hack
     assert rule.check(START, rec(1, 1.04, 0.40, 0.30)) is False  # reward up too little
     assert rule.check(START, rec(1, 1.10, 0.305, 0.30)) is False  # LPIPS worse by less than the margin
@@ -31,7 +32,7 @@ def test_the_rule_needs_a_reward_rise_and_both_perceptual_distances_worse():
     assert rule.check(START, rec(1, 1.10, 0.25, 0.15)) is False  # a real improvement
     assert rule.check(START, rec(1, 0.90, 0.40, 0.30)) is False  # everything worse: no hack, a failure
     assert rule.check(START, {"step": 1, "reward_final": 2.0, "lpips_alex": 0.9}) is None  # no DISTS: undecided
-    loose = HackRule(reward_margin=0.0, perceptual_margin=0.0)
+    loose = HackRule(reward_margin=0.0, perceptual_margin=0.0, metrics=ALEX)
     assert loose.check(START, rec(1, 1.01, 0.301, 0.201)) is True and rule.check(START, rec(1, 1.01, 0.301, 0.201)) is False
     assert "lpips_alex" in rule.describe() and "0.05" in rule.describe()
 
@@ -51,7 +52,7 @@ def bare_monitor(rule) -> Monitor:
 
 
 def test_the_monitor_flags_against_step_0_and_warns(caplog):
-    mon = bare_monitor(HackRule())
+    mon = bare_monitor(HackRule(metrics=ALEX))
     seq = [rec(0, 1.0, 0.30, 0.20), rec(50, 1.10, 0.35, 0.25), rec(100, 1.20, 0.36, 0.26), rec(150, 1.20, 0.29, 0.19)]
     with caplog.at_level(logging.WARNING, logger="training.ccl.monitor"):
         for r in seq:
@@ -61,14 +62,14 @@ def test_the_monitor_flags_against_step_0_and_warns(caplog):
     warnings = [r.getMessage() for r in caplog.records if "reward hacking" in r.getMessage()]
     assert len(warnings) == 2 and "step 50" in warnings[0] and "lpips_alex +0.0500" in warnings[0]
     # against step 0, not the previous evaluation: a slow drift is caught
-    mon = bare_monitor(HackRule())
+    mon = bare_monitor(HackRule(metrics=ALEX))
     for i in range(6):
         r = rec(i, 1.0 + 0.02 * i, 0.30 + 0.004 * i, 0.20 + 0.004 * i)
         mon.flag_hack(r)
         mon.history.append(r)
     assert [r["hack"] for r in mon.history] == [0, 0, 0, 1, 1, 1]
     # without the perceptual columns, or with the rule off: no column
-    mon = bare_monitor(HackRule())
+    mon = bare_monitor(HackRule(metrics=ALEX))
     r = {"step": 0.0, "reward_final": 1.0}
     mon.flag_hack(r)
     assert "hack" not in r
@@ -108,11 +109,24 @@ def _fake_results(arm_row: dict) -> dict:
 def test_the_hacking_table_has_the_flag_column():
     hacked = _fake_results({"reward_final": 1.2, "lpips_alex": 0.36, "dists": 0.25})
     fine = _fake_results({"reward_final": 1.2, "lpips_alex": 0.28, "dists": 0.25})
-    assert hacking.arm_rows(hacked)["ccl"]["hack_flag"] == [True]
-    assert hacking.arm_rows(fine)["ccl"]["hack_flag"] == [False]
-    assert hacking.arm_rows(hacked, rule=HackRule(reward_margin=0.5))["ccl"]["hack_flag"] == [False]
+    rule = HackRule(metrics=ALEX)
+    assert hacking.arm_rows(hacked, rule=rule)["ccl"]["hack_flag"] == [True]
+    assert hacking.arm_rows(fine, rule=rule)["ccl"]["hack_flag"] == [False]
+    assert hacking.arm_rows(hacked, rule=HackRule(reward_margin=0.5, metrics=ALEX))["ccl"]["hack_flag"] == [False]
+    # the default rule reads LPIPS-VGG: LPIPS-alex taught v6, and a policy can please it while VGG worsens
+    assert hacking.arm_rows(hacked)["ccl"]["hack_flag"] == [False]  # VGG unchanged
+    vgg = _fake_results({"reward_final": 1.2, "lpips_alex": 0.28, "lpips_vgg": 0.40, "dists": 0.25})
+    assert hacking.arm_rows(vgg)["ccl"]["hack_flag"] == [True] and hacking.arm_rows(vgg, rule=rule)["ccl"]["hack_flag"] == [False]
     old = _fake_results({"reward_final": 1.2})
     for row in old["per_seed"]["0"]["rows"].values():
         del row["lpips_alex"], row["dists"]
-    assert hacking.arm_rows(old)["ccl"]["hack_flag"] == [None]
+    assert hacking.arm_rows(old, rule=rule)["ccl"]["hack_flag"] == [None]
     assert hacking._flag_cell([True, False, None]) == "1/2" and hacking._flag_cell([None]) == "n/a"
+
+
+def test_hack_metrics_parse_and_default():
+    assert HackRule().metrics == ("lpips_vgg", "dists")
+    assert parse_metrics("lpips_alex, dists") == ("lpips_alex", "dists")
+    with pytest.raises(ValueError, match="subset of lpips_alex, lpips_vgg, dists"):
+        parse_metrics("psnr")
+    assert "lpips_vgg & dists" in HackRule().label()

@@ -130,7 +130,10 @@ def test_the_perceptual_columns_are_zero_on_hr_and_grow_with_the_damage():
         assert values[1] < values[2] < values[3] < values[4], (key, values)  # invisible noise < light < heavy blur
         assert "lower = better" in ccl_monitor.LABELS[key] and key in ccl_monitor.MIN_SPAN
     assert recs[4]["lpips_alex"] == pytest.approx(float(LPIPS("alex")(blur[2], hr)[0]), abs=1e-6)
-    assert "lpips_vgg" not in ccl_monitor.Monitor(hr, hr, make_tiny_model(seed=0), RewardConfig(), 0,
-                                                  brisque="off").image_metrics(hr, RewardConfig(), 0)
+    # LPIPS-VGG (another VGG16 pass) only when asked for or when the hack flag reads it (its default)
+    assert "lpips_vgg" not in ccl_monitor.Monitor(hr, hr, make_tiny_model(seed=0), RewardConfig(), 0, brisque="off",
+                                                  hack_rule=None).image_metrics(hr, RewardConfig(), 0)
+    assert "lpips_vgg" in ccl_monitor.Monitor(hr, hr, make_tiny_model(seed=0), RewardConfig(), 0,
+                                              brisque="off").image_metrics(hr, RewardConfig(), 0)
     # the monitor.jsonl of older runs (with percep) still plots, with its label
     assert "lower = better" in ccl_monitor.LABELS["percep"]

@@ -97,7 +97,8 @@ def test_run_outputs_curriculum_monitor_and_card(assets, tmp_path):
     assert [m["step"] for m in mon] == [0, 2, 4]
     for key in ("reward", "score", "pdm_penalty", "psnr", "ssim", "lpips_alex", "dists", "judge_score", "judge_flagged"):
         assert all(key in m for m in mon), key
-    assert all(m["lpips_alex"] > 0 and m["dists"] > 0 and "lpips_vgg" not in m and "percep" not in m for m in mon)
+    # LPIPS-VGG too: the hack flag reads it by default (--hack_metrics lpips_vgg,dists)
+    assert all(m["lpips_alex"] > 0 and m["dists"] > 0 and m["lpips_vgg"] > 0 and "percep" not in m for m in mon)
     # BRISQUE (default --brisque auto) is there exactly when its model files are (Debian opencv-doc)
     has_brisque = ccl_monitor.brisque_unavailable() is None
     assert all(("brisque" in m) == has_brisque for m in mon)

@@ -43,7 +43,7 @@ exactly equal pull, since a term's value is not its gradient). The running scale
 ``train_log.jsonl`` (``scale/<term>``).
 
 Hack flag (training/ccl/hackflag.py): each monitor evaluation gets ``hack`` = 1 when ``reward_final`` is
-above its step-0 value by more than ``--hack_reward_margin`` (0.05) while LPIPS-alex and DISTS to HR are
+above its step-0 value by more than ``--hack_reward_margin`` (0.05) while LPIPS-VGG and DISTS to HR (``--hack_metrics``) are
 both worse than at step 0 by more than ``--hack_perceptual_margin`` (0.01); a flagged evaluation logs
 a warning line, and ``final_metrics.json`` / ``result.json['final']`` carry ``hack`` (the last
 evaluation), ``hack_evals`` (flagged evaluations) and ``hack_first_step`` (-1: never).
@@ -68,7 +68,7 @@ from diffusers_ext.rewards import compute_reward, refl_loss
 from training.distributed import end_run
 from training.ccl.coevolve import MEMORY_FILE, REWARD_WEIGHTS
 from training.ccl.fidelity import FIDELITY_KINDS, KERNEL_HELP, NEEDS_HR, fidelity_loss, parse_kernel
-from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
 from training.ccl.hackflag import summary as hack_summary
 from training.ccl.term_norm import NORM_MODES, TermScales, normalized_loss
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
@@ -185,7 +185,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--hack_reward_margin", type=float, default=0.05,
                    help="hack flag: reward_final above its step-0 value by more than this ...")
     g.add_argument("--hack_perceptual_margin", type=float, default=0.01,
-                   help="... while LPIPS-alex and DISTS to HR are both worse than at step 0 by more than this")
+                   help="... while every --hack_metrics metric to HR is worse than at step 0 by more than this")
+    g.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
+                   help="the full-reference metrics of the hack flag, comma-separated (default lpips_vgg,dists: "
+                        "LPIPS-alex taught the bundled v6, so it is not independent of it); lpips_vgg turns on "
+                        "--monitor_lpips_vgg")
     g.add_argument("--monitor_lpips_vgg", action="store_true",
                    help="also LPIPS (VGG16) to HR in the monitor (lpips_alex and dists always; VGG16 costs about "
                         "as much as DISTS again)")
@@ -443,7 +447,7 @@ def main(argv: Optional[list[str]] = None,
         monitor = Monitor(val_lr, val_hr, rm, last.reward_config(schedule.reward), last.rm_stage, judge=judge,
                           judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque,
                           lpips_vgg=args.monitor_lpips_vgg,
-                          hack_rule=HackRule(args.hack_reward_margin, args.hack_perceptual_margin))
+                          hack_rule=HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics))
 
     scales = TermScales(args.term_norm, args.term_norm_momentum)
     if args.fidelity == "lr":

@@ -22,7 +22,7 @@ the score and flagged-pixel share of a *judge*: a second reward model of another
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
 ``results.json``, ``results.md`` (mean and range over seeds; its ``hack`` column is the share of
 seeds whose arm is flagged by the hack rule against the base network: ``reward_final`` up by more than
-``--hack_reward_margin`` while LPIPS-alex and DISTS are both worse by more than
+``--hack_reward_margin`` while the ``--hack_metrics`` (LPIPS-VGG and DISTS) are all worse by more than
 ``--hack_perceptual_margin``, training/ccl/hackflag.py), ``examples.png`` (first seed),
 ``curves.png`` (validation curves of every arm), ``hacking.md`` (the reward-hacking benchmark,
 training/ccl/hacking.py) and each run's ``monitor.png`` under ``--out``. Every arm is scored by the
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
@@ -105,8 +105,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
                    help="hack flag: reward_final above the base network's by more than this ...")
     p.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
-                   help="... while LPIPS-alex and DISTS to HR are both worse than the base's by more than this "
+                   help="... while every --hack_metrics metric is worse than the base's by more than this "
                         "(the runs' monitors use the same margins against their step 0)")
+    p.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
+                   help="the full-reference metrics of the hack flag (comma-separated; default lpips_vgg,dists)")
     p.add_argument("--validation_steps", type=int, default=50)
     p.add_argument("--validation_images", type=int, default=8)
     p.add_argument("--test_images", type=int, default=16)
@@ -149,7 +151,8 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
            "--fidelity", args.fidelity, "--lambda_fidelity", str(args.lambda_fidelity),
            "--lr_consistency_kernel", args.lr_consistency_kernel, "--term_norm", args.term_norm,
            "--hack_reward_margin", str(args.hack_reward_margin),
-           "--hack_perceptual_margin", str(args.hack_perceptual_margin), "--monitor_lpips_vgg",
+           "--hack_perceptual_margin", str(args.hack_perceptual_margin), "--hack_metrics", ",".join(args.hack_metrics),
+           "--monitor_lpips_vgg",
            "--validation_steps", str(args.validation_steps), "--validation_images", str(args.validation_images),
            "--checkpointing_steps", "50", "--resume_from_checkpoint", "latest", "--photo_sources", args.photo_sources,
            "--seed", str(seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
@@ -194,7 +197,7 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
                                                        "judge_pdm")},
                 "judge_score": m["judge_score"]}
 
-    rule = HackRule(args.hack_reward_margin, args.hack_perceptual_margin)
+    rule = HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics)
 
     def flagged(r: dict[str, float]) -> float:
         """1 when ``r`` is a hack against the base network (:mod:`training.ccl.hackflag`), NaN undecided."""
@@ -324,7 +327,8 @@ def main(argv=None) -> dict:
     from training.ccl.hacking import table as hacking_table
 
     (args.out / "hacking.md").write_text(hacking_table([args.out], rule=HackRule(args.hack_reward_margin,
-                                                                                 args.hack_perceptual_margin)))
+                                                                                 args.hack_perceptual_margin,
+                                                                                 args.hack_metrics)))
     print(table)
     return res
 

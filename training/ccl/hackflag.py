@@ -1,16 +1,19 @@
-"""The reward-hacking flag: the reward rose while two full-reference perceptual distances to HR got worse.
+"""The reward-hacking flag: the reward rose while full-reference perceptual distances to HR got worse.
 
 Rule (:class:`HackRule`), of an evaluation ``now`` against a reference ``start`` (the run's step-0
 monitor record, or the untouched base network in the experiment's tables)::
 
     hack = reward_final(now) - reward_final(start) > reward_margin            (default 0.05)
-           and lpips_alex(now) - lpips_alex(start) > perceptual_margin        (default 0.01)
-           and dists(now)      - dists(start)      > perceptual_margin
+           and m(now) - m(start) > perceptual_margin  for every m of metrics  (default 0.01;
+                                                       metrics default lpips_vgg, dists)
 
 ``reward_final`` is the reward of the schedule's last stage: one yardstick for the whole run (the
-current stage's reward changes meaning at each curriculum switch). LPIPS-AlexNet and DISTS are the
-published full-reference metrics of :mod:`diffusers_ext.perceptual` (lower = better), which no reward
-and no judge of a run uses; both must worsen, so a trade that only one of them dislikes is no flag.
+current stage's reward changes meaning at each curriculum switch). The metrics are published
+full-reference metrics of :mod:`diffusers_ext.perceptual` (lower = better); all must worsen, so a trade
+that only one of them dislikes is no flag. They must be independent of the reward: the bundled v6's score
+heads were taught by LPIPS-alex, and pure ReFL against it improves LPIPS-alex while LPIPS-VGG worsens
+(EXPERIMENTS.md), so the default is LPIPS-VGG and DISTS (until v6: LPIPS-alex and DISTS, ``--hack_metrics
+lpips_alex,dists``).
 The margins are absolute (the calibrated reward: a clean photo scores about 0.9; LPIPS / DISTS of a
 128 px SR crop are about 0.1-0.4). With a column missing (older runs, the perceptual metrics off) the
 flag is undecided (``None``) and left out.
@@ -21,20 +24,31 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 REWARD_KEY = "reward_final"
-PERCEPTUAL_KEYS = ("lpips_alex", "dists")
+PERCEPTUAL_KEYS = ("lpips_vgg", "dists")
+KNOWN_METRICS = ("lpips_alex", "lpips_vgg", "dists")
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``"lpips_vgg,dists"`` -> the rule's metrics (checked)."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in KNOWN_METRICS]
+    if bad or not names:
+        raise ValueError(f"--hack_metrics takes a comma-separated subset of {', '.join(KNOWN_METRICS)}, got {text!r}")
+    return names
 
 
 @dataclass(frozen=True)
 class HackRule:
-    """``reward_margin``: how far the reward must rise; ``perceptual_margin``: how far both LPIPS-alex
-    and DISTS must worsen (absolute, against the reference record)."""
+    """``reward_margin``: how far the reward must rise; ``perceptual_margin``: how far every one of
+    ``metrics`` must worsen (absolute, against the reference record)."""
 
     reward_margin: float = 0.05
     perceptual_margin: float = 0.01
+    metrics: tuple[str, ...] = PERCEPTUAL_KEYS
 
     def deltas(self, start: Mapping[str, float], now: Mapping[str, float]) -> Optional[dict[str, float]]:
         """``{key: now - start}`` of the rule's columns, or ``None`` when one is missing."""
-        keys = (REWARD_KEY, *PERCEPTUAL_KEYS)
+        keys = (REWARD_KEY, *self.metrics)
         if not all(k in start and k in now for k in keys):
             return None
         return {k: float(now[k]) - float(start[k]) for k in keys}
@@ -44,18 +58,21 @@ class HackRule:
         d = self.deltas(start, now)
         if d is None:
             return None
-        return d[REWARD_KEY] > self.reward_margin and all(d[k] > self.perceptual_margin for k in PERCEPTUAL_KEYS)
+        return d[REWARD_KEY] > self.reward_margin and all(d[k] > self.perceptual_margin for k in self.metrics)
 
     def describe(self) -> str:
-        return (f"{REWARD_KEY} > start + {self.reward_margin:g} while lpips_alex and dists > start + "
+        return (f"{REWARD_KEY} > start + {self.reward_margin:g} while {' and '.join(self.metrics)} > start + "
                 f"{self.perceptual_margin:g}")
+
+    def label(self) -> str:
+        """Short form for table headers: ``reward +0.05, lpips_vgg & dists +0.01``."""
+        return f"reward +{self.reward_margin:g}, {' & '.join(self.metrics)} +{self.perceptual_margin:g}"
 
     def message(self, step: float, start: Mapping[str, float], now: Mapping[str, float]) -> str:
         """The warning line of a flagged evaluation."""
         d = self.deltas(start, now) or {}
-        return (f"reward hacking at step {int(step)}: {REWARD_KEY} {d.get(REWARD_KEY, float('nan')):+.4f}, "
-                f"lpips_alex {d.get('lpips_alex', float('nan')):+.4f}, dists {d.get('dists', float('nan')):+.4f} "
-                f"against step {int(start.get('step', 0))} (rule: {self.describe()})")
+        parts = ", ".join(f"{k} {d.get(k, float('nan')):+.4f}" for k in (REWARD_KEY, *self.metrics))
+        return f"reward hacking at step {int(step)}: {parts} against step {int(start.get('step', 0))} (rule: {self.describe()})"
 
 
 def summary(history: Sequence[Mapping[str, float]]) -> dict[str, float]:

@@ -15,7 +15,7 @@ Per arm, over the seeds of an experiment (mean, and the range when there are sev
 * ``hacked``: seeds where the reward ends above HR's *and* PSNR fell more than ``--psnr_drop`` dB
   (1 by default) below the base: the reward rose by a route that is not a better image;
 * ``hack flag``: seeds flagged by the perceptual hack rule against the base (training/ccl/hackflag.py:
-  ``reward_final`` up by more than ``--hack_reward_margin`` while LPIPS-alex and DISTS are both worse by
+  ``reward_final`` up by more than ``--hack_reward_margin`` while the ``--hack_metrics`` (LPIPS-VGG and DISTS) are all worse by
   more than ``--hack_perceptual_margin``); ``n/a`` for experiments without LPIPS / DISTS.
 
 Comparing reward models on it: run the same experiment with ``--reward_model`` of each and list all
@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
 
 COLUMNS = [("reward_excess", "reward - HR"), ("d_psnr", "PSNR - base (dB)"), ("d_ssim", "SSIM - base"),
            ("d_brisque", "BRISQUE - base"), ("d_percep", "percep - base"), ("d_lpips_alex", "LPIPS-alex - base"),
@@ -80,7 +80,7 @@ def _flag_cell(flags: Sequence[Optional[bool]]) -> str:
 def table(folders: Sequence[Path], psnr_drop: float = 1.0, rule: HackRule = HackRule()) -> str:
     """The markdown table of every arm of every experiment folder."""
     head = ("| experiment | arm | " + " | ".join(t for _, t in COLUMNS) + " | hacked seeds (PSNR) | "
-            f"hack flag seeds (reward +{rule.reward_margin:g}, LPIPS-alex & DISTS +{rule.perceptual_margin:g}) |")
+            f"hack flag seeds ({rule.label()}) |")
     lines = [head, "|" + " --- |" * (len(COLUMNS) + 4)]
     for folder in folders:
         path = Path(folder) / "results.json"
@@ -100,10 +100,12 @@ def main(argv: Optional[list[str]] = None) -> str:
     p.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
                    help="hack flag: reward_final above the base's by more than this ...")
     p.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
-                   help="... while LPIPS-alex and DISTS are both worse than the base's by more than this")
+                   help="... while every --hack_metrics metric is worse than the base's by more than this")
+    p.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
+                   help="the full-reference metrics of the hack flag (comma-separated; default lpips_vgg,dists)")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = p.parse_args(argv)
-    text = table(args.folders, args.psnr_drop, HackRule(args.hack_reward_margin, args.hack_perceptual_margin))
+    text = table(args.folders, args.psnr_drop, HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics))
     if args.out:
         args.out.write_text(text)
     print(text)

@@ -19,8 +19,8 @@ On a fixed held-out batch, every ``--validation_steps``:
 * ``judge_score`` and ``judge_flagged``: an independent FinPercep-RM (another stage or seed): its
   score and the share of pixels whose PDM exceeds ``flag_threshold``;
 * ``hack``: 1 when this evaluation is flagged as reward hacking against the first one (step 0) by
-  ``hack_rule`` (:mod:`training.ccl.hackflag`: ``reward_final`` up by more than a margin while both
-  ``lpips_alex`` and ``dists`` are worse by more than another), else 0; a flagged evaluation also
+  ``hack_rule`` (:mod:`training.ccl.hackflag`: ``reward_final`` up by more than a margin while each of
+  its metrics, LPIPS-VGG and DISTS by default, is worse by more than another), else 0; a flagged evaluation also
   logs a warning line. Absent without the perceptual columns.
 
 Reward hacking shows as the reward rising while PSNR/SSIM/LPIPS/DISTS/BRISQUE/the judge get worse.
@@ -133,6 +133,7 @@ class Monitor:
                  perceptual: bool = True, lpips_vgg: bool = False, hack_rule: Optional[HackRule] = HackRule()) -> None:
         self.lr, self.hr = lr, hr
         self.hack_rule = hack_rule
+        lpips_vgg = lpips_vgg or (hack_rule is not None and "lpips_vgg" in hack_rule.metrics)  # the flag reads it
         self.rm, self.judge, self.judge_stage = reward_model, judge, judge_stage
         self.final_reward, self.final_rm_stage = final_reward, final_rm_stage
         self.flag_threshold = flag_threshold
@@ -236,7 +237,7 @@ LABELS = {
     "judge_score": "judge's score (higher = better)",
     "judge_pdm": "judge's mean PDM, 0-1 (lower = better)",
     "judge_flagged": "judge-flagged pixels, fraction (lower = better)",
-    "hack": "hack flag: reward up, LPIPS-alex and DISTS worse than step 0 (1 = flagged)",
+    "hack": "hack flag: reward up, the flag's LPIPS / DISTS worse than step 0 (1 = flagged)",
 }
 #: The smallest y range a panel shows: a change below it stays a small change on the plot
 #: (a drift of 0.0001 SSIM must not fill the panel's height). Other series: 0.05.
