@@ -70,7 +70,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="change what the heads read (FinPercepRM score_features; implies --reinit); default: keep --init's")
     p.add_argument("--standardize", action="store_true",
                    help="train the heads on standardized inputs (train-set mean and std per stage and column), "
-                        "folded into the heads' first layer when saved"),
+                        "folded into the heads' first layer when saved")
     p.add_argument("--slope", type=float, default=1.5, help="raw score per unit of teacher distance")
     p.add_argument("--min_gap", type=float, default=0.01)
     p.add_argument("--lambda_order", type=float, default=1.0)

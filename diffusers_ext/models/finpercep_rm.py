@@ -13,7 +13,6 @@ exactly the outputs it gave when it was trained: the RL trainer loads any stage 
 from __future__ import annotations
 
 import os
-
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -408,7 +407,6 @@ class FinPercepRM(ModelMixin, ConfigMixin):
     def _forward_tiled(self, images: torch.Tensor, stage: int, tiling: Tiling,
                        on_pass: Optional[Callable[[], None]]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Raw score ``[B]`` and map ``[B, 1, H, W]`` (``None`` at stage 0) of same-size images from tiles."""
-        s = self.encoder.max_stride
         tile, overlap = tiling.size, tiling.overlap
         b, _, h, w = images.shape
         ys, xs = tiling.grid(h, w)
