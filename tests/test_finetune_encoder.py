@@ -75,7 +75,7 @@ def test_keep_maps_loss_is_zero_at_the_reference_and_pulls_the_maps_back():
     opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
     for _ in range(30):
         loss = finetune_encoder.keep_maps_loss(model.decode_all_logits(model.encode(x)), target)
-        assert float(loss) > 0
+        assert float(loss.detach()) > 0
         opt.zero_grad()
         loss.backward()
         opt.step()
