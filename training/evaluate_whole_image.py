@@ -43,7 +43,9 @@ from training.data.sr_pool import match_size
 from training.data.versions import TEACHER_METRICS, Teacher
 
 ROOT = Path(__file__).resolve().parent.parent
-HACK_V5 = ROOT / "benchmarks" / "hacked_upscalers" / "realesr-animevideov3-x4-hacked-by-v5.safetensors"
+HACKED_UPSCALERS = ROOT / "benchmarks" / "hacked_upscalers"
+#: the upscaler that 300 steps of pure ReFL made out of reward v5 (the benchmark's default policy)
+HACK_V5 = HACKED_UPSCALERS / "realesr-animevideov3-x4-hacked-by-v5.safetensors"
 #: the default version networks: every photo SR network the package can load
 DEFAULT_BENCH_NETWORKS = ("realesrgan-x4plus", "realesrgan-x4plus-anime", "realesr-animevideov3-x4", "waifu2x-photo-x2",
                           "span-ch52-x4", "idealo-rdn-psnr-small-x2", "srmd-x4", "srmdnf-x4", "span-clearreality-x4",

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.checkpointing import atomic_write_dir, recover_dir
-from training.fit_heads import write_outputs
+from training.fit_heads import stage_inputs, stage_scores, write_outputs
 from training.data.fgr_dataset import FGRDataset
 from training.robustness import garbage_batch
 from training.train_reward import ranking_loss
@@ -89,14 +89,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def all_stage_outputs(model: FinPercepRM, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Raw scores ``[B, N + 1]`` of every stage and the map logits of stages 1..N (differentiable)."""
-    size = tuple(x.shape[-2:])
-    feats = model.encode(x)
-    logits = model.decode_all_logits(feats)
-    scores = [model.score_from(model.pooled(feats, None, size), None, 0)]
-    for k, lg in enumerate(logits, start=1):
-        pdm = model.logits_to_map(lg, size)
-        scores.append(model.score_from(model.pooled(feats, pdm, size), pdm, k))
-    return torch.stack(scores, -1), logits
+    inputs, logits = stage_inputs(model, model.encode(x), tuple(x.shape[-2:]))
+    return stage_scores(model, inputs), logits
 
 
 def nt_penalty(model: FinPercepRM, x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.calibration import fit_calibration
+from training.checkpointing import atomic_write_dir
 from training.data.fgr_dataset import FGRDataset
 from training.robustness import garbage_batch, imperceptible
 from training.train_reward import ranking_loss
@@ -90,26 +91,33 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def stage_inputs(model: FinPercepRM, feats: list[torch.Tensor], size: tuple[int, int]
+                 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``[B, N + 1, C + 2]``: what each stage's score head reads, from the encoder features of images
+    of ``size``: :meth:`FinPercepRM.pooled` (stage 0: plain; stage k: the deepest feature dimmed by the
+    stage-k map) and the map's statistics (zeros at stage 0); and the map logits of stages 1..N.
+    Differentiable: :func:`stage_scores` of it are the model's raw scores of every stage."""
+    logits = model.decode_all_logits(feats)
+    pooled = model.pooled(feats, None, size)
+    rows = [torch.cat([pooled, pooled.new_zeros(len(pooled), 2)], 1)]
+    for lg in logits:
+        pdm = model.logits_to_map(lg, size)
+        rows.append(torch.cat([model.pooled(feats, pdm, size), model.map_stats(pdm)], 1))
+    return torch.stack(rows, 1), logits
+
+
 @torch.no_grad()
 def head_inputs(model: FinPercepRM, x: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """``[B, N + 1, C + 2]``: what each stage's score head reads for images ``x`` (``Bx3xHxW``):
-    :meth:`FinPercepRM.pooled` (stage 0: plain; stage k: the deepest feature dimmed by the stage-k
-    map) and the map's statistics (zeros at stage 0)."""
+    """:func:`stage_inputs` of images ``x`` (``Bx3xHxW``), float32, in batches of ``batch``."""
     out = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
-        size = tuple(xb.shape[-2:])
-        feats = model.encode(xb)
-        rows = [torch.cat([model.pooled(feats, None, size), xb.new_zeros(len(xb), 2)], 1)]
-        for logits in model.decode_all_logits(feats):
-            pdm = model.logits_to_map(logits, size)
-            rows.append(torch.cat([model.pooled(feats, pdm, size), model.map_stats(pdm)], 1))
-        out.append(torch.stack(rows, 1).float())
+        out.append(stage_inputs(model, model.encode(xb), tuple(xb.shape[-2:]))[0].float())
     return torch.cat(out)
 
 
 def stage_scores(model: FinPercepRM, inputs: torch.Tensor) -> torch.Tensor:
-    """``[..., N + 1]`` raw scores of every stage from :func:`head_inputs`."""
+    """``[..., N + 1]`` raw scores of every stage from :func:`stage_inputs` / :func:`head_inputs`."""
     c = inputs.shape[-1] - 2
     cols = [model.score_heads[0](inputs[..., 0, :c])]
     for k in range(1, model.num_stages + 1):
@@ -371,8 +379,6 @@ def write_outputs(model: FinPercepRM, fgr_val: FGRDataset, args: argparse.Namesp
     """The end of a score-training run: calibrate every stage on ``fgr_val``, write the model with its
     card to ``<output_dir>/model`` (atomically) and ``result`` (with the run's arguments and time) to
     ``<output_dir>/result.json``."""
-    from training.checkpointing import atomic_write_dir
-
     model.register_to_config(score_calibration=fit_calibration(model, fgr_val, range(model.num_stages + 1)))
     atomic_write_dir(args.output_dir / "model", lambda tmp: (model.save_pretrained(tmp),
                                                              (tmp / "README.md").write_text(card)))

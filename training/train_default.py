@@ -42,6 +42,7 @@ from training.data.build_fgr import build, build_parallel, default_processes, pa
 from training.data.families import parse_families  # noqa: E402
 from training.data.photos import DEFAULT_SOURCES, EXTRA_SOURCES, parse_sources  # noqa: E402
 from training.data.fgr_dataset import FGRDataset  # noqa: E402
+from training.evaluate_whole_image import HACK_V5, HACKED_UPSCALERS  # noqa: E402
 from training.metrics import evaluate_stages, format_table  # noqa: E402
 
 RESULTS = ROOT / "training" / "results"
@@ -175,10 +176,9 @@ FGR-30k model.
 """
 
 
-HACKED = ROOT / "benchmarks" / "hacked_upscalers"
 #: the upscalers whose outputs join the version sets (outputs of pure ReFL against v5 and a v6 candidate)
-HACK_POLICIES = {"hack_v5": HACKED / "realesr-animevideov3-x4-hacked-by-v5.safetensors",
-                 "hack_v6b": HACKED / "realesr-animevideov3-x4-hacked-by-v6-candidate.safetensors"}
+HACK_POLICIES = {"hack_v5": HACK_V5,
+                 "hack_v6b": HACKED_UPSCALERS / "realesr-animevideov3-x4-hacked-by-v6-candidate.safetensors"}
 
 
 def teacher_heads(args: argparse.Namespace, init: str) -> str:

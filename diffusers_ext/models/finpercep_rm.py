@@ -311,11 +311,13 @@ class FinPercepRM(ModelMixin, ConfigMixin):
                     owned: Optional[Callable[[int, int, int], tuple[slice, slice]]] = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sums ``[B, F]`` over the feature cells inside the image (and, for a tile, inside
-        ``owned(stride, rows, cols)``) and the cell count of each column ``[F]``: the modulated
+        ``owned(stride, rows, cols)``, ``rows x cols`` the level's cells inside the tile) and the cell
+        count of each column ``[F]``: the modulated
         deepest feature, then (``score_features="multilevel"``) every shallower level's values and
         squares; float32. Sums of tiles add up to the whole image's; :meth:`pooled_from_sums` makes the head input."""
+        s = self.encoder.max_stride
         top = self.modulated_sum(feats[-1], pdm, size,
-                                 None if owned is None else owned(self.encoder.max_stride, *feats[-1].shape[-2:]))
+                                 None if owned is None else owned(s, -(-size[0] // s), -(-size[1] // s)))
         sums, counts = [top[0].float()], [top[0].new_full((top[0].shape[-1],), float(top[1]), dtype=torch.float32)]
         if self.config.get("score_features", "top") == "multilevel":
             for f, s in zip(feats[:-1], self.encoder.strides[:-1]):
@@ -421,8 +423,7 @@ class FinPercepRM(ModelMixin, ConfigMixin):
                 logits = self.decode_logits(feats, stage)
                 pdm = None if logits is None else self.logits_to_map(logits, (th, tw))
                 def own(stride: int, rows: int, cols: int, iy: int = iy, ix: int = ix) -> tuple[slice, slice]:
-                    return (owned_cells(ys, iy, tile, stride, min(rows, -(-th // stride))),
-                            owned_cells(xs, ix, tile, stride, min(cols, -(-tw // stride))))
+                    return owned_cells(ys, iy, tile, stride, rows), owned_cells(xs, ix, tile, stride, cols)
                 part, n = self.pooled_sums(feats, pdm, (th, tw), owned=own)
                 pooled = part.float() if pooled is None else pooled + part.float()
                 cells = n if cells is None else cells + n
