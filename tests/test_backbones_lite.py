@@ -121,3 +121,16 @@ def test_finpercep_rm_builds_and_runs_on_the_new_encoders(backbone):
         out = model(torch.rand(1, 3, 64, 64))
     assert out.score.shape == (1,) and torch.isfinite(out.score).all()
     assert out.pdm.shape == (1, 1, 64, 64)
+
+
+@pytest.mark.parametrize("kernel,stride,groups", [(3, 1, 8), (5, 1, 8), (3, 2, 8), (5, 2, 1), (1, 1, 1), (4, 1, 1)])
+def test_same_padding_inside_the_convolution_equals_the_padded_copy(kernel, stride, groups):
+    """Stride 1, odd kernel: 'SAME' is symmetric, so it is passed to the convolution instead of padding a
+    copy of the input; the result must be the padded-copy reference exactly (odd and even sizes)."""
+    torch.manual_seed(0)
+    conv = lite.SameConv2d(8, 8, kernel, stride=stride, groups=groups, bias=False)
+    for h, w in [(17, 20), (16, 16), (5, 9)]:
+        x = torch.randn(2, 8, h, w)
+        ref = F.conv2d(conv.pad_same(x), conv.weight, None, conv.stride, 0, conv.dilation, conv.groups)
+        assert conv(x).shape == ref.shape == (2, 8, -(-h // stride), -(-w // stride))
+        torch.testing.assert_close(conv(x), ref, rtol=0, atol=1e-6)

@@ -163,6 +163,37 @@ def test_stage0_dense_supervision_trains_decoder_but_stage0_stays_global(fgr, tm
     assert float(m(torch.rand(1, 3, 48, 48)).pdm.max()) == 0.0
 
 
+def test_frozen_levels_and_statistics_leave_the_shallow_encoder_and_every_batchnorm_as_they_were(fgr, tmp_path):
+    """--freeze_levels 2 --freeze_bn (the fast stage 0 of BENCHMARKS.md section 6): the stem and the first
+    two levels keep their weights, every BatchNorm its statistics, while the deeper encoder trains. Without
+    the flags all of them move (so the comparison can fail)."""
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+
+    lite = ["--backbone", "efficientnet_lite0", "--no_pretrained_backbone", "--stage0_dense_weight", "1.0",
+            "--model_config", json.dumps({"decoder_channels": 8, "head_hidden": 16, "min_size": 16}), "--seed", "3"]
+    _train(fgr, tmp_path / "init", 0, 0, extra=lite)  # the common starting point: 0 steps
+    init = FinPercepRM.from_pretrained(tmp_path / "init" / "model").state_dict()
+    enc = FinPercepRM.from_pretrained(tmp_path / "init" / "model").encoder
+    shallow = {f"encoder.{n}" for m in enc.level_modules(2) for n, _ in m.named_parameters(prefix=_name(enc, m))}
+    for flags, frozen in (([], False), (["--freeze_levels", "2", "--freeze_bn"], True)):
+        out = tmp_path / ("frozen" if frozen else "plain")
+        _train(fgr, out, 0, 2, extra=[*lite, *flags])
+        after = FinPercepRM.from_pretrained(out / "model").state_dict()
+        moved = {k for k in init if not torch.equal(init[k], after[k])}
+        stats = {k for k in init if k.startswith("encoder.") and k.endswith(("running_mean", "running_var"))}
+        deep = {k for k in init if k.startswith("encoder._blocks.15.") and k.endswith("weight")}
+        assert deep and deep <= moved, "the deeper encoder did not train"
+        assert shallow and (not shallow & moved) == frozen, sorted(shallow & moved)[:3]
+        assert (not stats & moved) == frozen, sorted(stats & moved)[:3]
+    with pytest.raises(ValueError, match="levels 1..5"):
+        _train(fgr, tmp_path / "bad", 0, 1, extra=[*lite, "--freeze_levels", "6"])
+
+
+def _name(root: torch.nn.Module, module: torch.nn.Module) -> str:
+    """The dotted name of ``module`` inside ``root``."""
+    return next(n for n, m in root.named_modules() if m is module)
+
+
 def test_a_joint_run_trains_the_encoder_and_every_stage_up_to_its_own_and_nothing_else(fgr, tmp_path):
     from diffusers_ext.models.finpercep_rm import FinPercepRM
     from training.train_reward import build_model, model_card, param_groups, parse_args

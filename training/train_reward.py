@@ -75,6 +75,13 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--freeze_bn", action="store_true",
+                   help="stage 0: keep the encoder's BatchNorm statistics (ImageNet's, or --init's) instead of "
+                        "batch statistics, folded into the convolutions: faster steps (BENCHMARKS.md section 6). "
+                        "Stages >= 1 and --joint always keep them")
+    g.add_argument("--freeze_levels", type=int, default=0,
+                   help="stage 0 and --joint: keep the encoder's stem and its first N feature levels frozen (no "
+                        "backward through its high-resolution layers: faster steps; 0 = train them all)")
     g = p.add_argument_group("loss (PAPER.md §3; weights and margins are OURS)")
     g.add_argument("--lambda_map", type=float, default=1.0)
     g.add_argument("--lambda_bce", type=float, default=0.5, help="BCE on the map (OURS, sharper gradients than L1)")
@@ -147,6 +154,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stage > 0 and not args.init:
         p.error("--init (the previous stage's model folder) is required for stage >= 1")
+    if args.freeze_levels < 0:
+        p.error("--freeze_levels counts encoder levels: give 0 (train them all) or more")
     if args.joint and (args.stage < 1 or not args.init):
         p.error("--joint trains the stages of a trained model together: give --stage >= 1 and --init")
     if args.learning_rate is None:
@@ -184,7 +193,20 @@ def build_model(args: argparse.Namespace) -> FinPercepRM:
             prm.requires_grad_(True)
     if args.stage == 0 and args.stage0_dense_weight > 0:
         model.decoder.requires_grad_(True)  # warm start of every map level; stage 0 itself has no map
+    for module in model.encoder.level_modules(args.freeze_levels) if args.freeze_levels else ():
+        module.requires_grad_(False)
     return model
+
+
+def keep_frozen_statistics(model: FinPercepRM, args: argparse.Namespace) -> None:
+    """After ``model.train()``: the encoder's BatchNorm statistics stay fixed (eval mode, folded into
+    the convolutions) at stages >= 1 (a frozen encoder, or ``--joint``'s) and under ``--freeze_bn``."""
+    if args.stage > 0:
+        model.encoder.eval()
+    elif args.freeze_bn:
+        for m in model.encoder.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
 
 
 def param_groups(model: FinPercepRM, args: argparse.Namespace) -> list[dict]:
@@ -257,8 +279,8 @@ def robustness_inputs(model: FinPercepRM, batch: dict[str, torch.Tensor], args: 
         out["adv"] = attack_score(lambda z: model.predict(model.encode(z), sz, args.stage)[0], batch["syn"][rows],
                                   args.adv_eps / 255.0, args.adv_steps, gen, rank, world)
         model.train(was)
-        if args.stage > 0:
-            model.encoder.eval()
+        if was:
+            keep_frozen_statistics(model, args)
     if args.lambda_garbage > 0:
         k = len(term_rows(n, args.garbage_fraction))
         out["garbage"] = garbage_batch(k * world, size, int(np.random.default_rng([args.seed, step, 13]).integers(2**62))
@@ -502,8 +524,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     bar = tqdm(range(start_step, args.max_steps), initial=start_step, total=args.max_steps,
                disable=not accelerator.is_local_main_process, desc=f"stage {args.stage}")
     objective.train()
-    if args.stage > 0:
-        raw.encoder.eval()  # frozen encoder: BatchNorm statistics stay those of stage 0
+    keep_frozen_statistics(raw, args)
     history: list[dict] = []
     logger.info("training steps %d -> %d", start_step, args.max_steps)
     timer = PhaseTimer()
@@ -537,8 +558,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
             history.append({"step": done, **figures})
             logger.info("step %d %s: %s", done, val_split, json.dumps({k: round(v, 4) for k, v in figures.items()}))
             objective.train()
-            if args.stage > 0:
-                raw.encoder.eval()
+            keep_frozen_statistics(raw, args)
         if done % args.checkpointing_steps == 0 and done < args.max_steps:
             save_checkpoint(accelerator, ckpt_root, done, args.checkpoints_total_limit)
     bar.close()

@@ -36,6 +36,12 @@ class Backbone(nn.Module):
     def max_stride(self) -> int:
         return self.strides[-1]
 
+    def level_modules(self, n: int) -> list[nn.Module]:
+        """The modules that compute feature levels ``1..n`` (the stem included): what a trainer freezes
+        to train only the deeper part of the encoder. ``n = 0``: none."""
+        raise NotImplementedError(f"backbone {type(self).__name__} cannot name the modules of its first levels; "
+                                  "train it without --freeze_levels")
+
     def load_pretrained(self) -> None:
         """Load the backbone's published weights (ImageNet, CLIP, ...). No-op if it has none."""
         raise NotImplementedError(f"backbone {type(self).__name__} has no pretrained weights")

@@ -130,7 +130,12 @@ class SameConv2d(nn.Conv2d):
         return x
 
     def conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        """This convolution with 'SAME' padding and the given weight and bias."""
+        """This convolution with 'SAME' padding and the given weight and bias. At stride 1 the padding is
+        symmetric and goes to the convolution itself (no padded copy of the activations, forward or
+        backward); at stride 2 it may be asymmetric and is applied first."""
+        kh, kw = weight.shape[-2:]
+        if self.stride == (1, 1) and self.dilation == (1, 1) and kh % 2 == 1 and kw % 2 == 1:
+            return F.conv2d(x, weight, bias, 1, ((kh - 1) // 2, (kw - 1) // 2), 1, self.groups)
         return F.conv2d(self.pad_same(x), weight, bias, self.stride, 0, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -218,6 +223,11 @@ class EfficientNetLiteBackbone(Backbone):
             if i in self._taps:
                 feats.append(x)
         return feats
+
+    def level_modules(self, n: int) -> list[nn.Module]:
+        if not 0 <= n <= len(self._taps):
+            raise ValueError(f"the encoder has levels 1..{len(self._taps)}, not {n}")
+        return [self._conv_stem, self._bn0, *self._blocks[:self._taps[n - 1] + 1]] if n else []
 
     def imagenet_classifier(self) -> "EfficientNetLiteClassifier":
         """This encoder with the ImageNet head around it, all loaded from the variant's wheel (the

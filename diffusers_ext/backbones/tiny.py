@@ -33,5 +33,10 @@ class TinyConvBackbone(Backbone):
             feats.append(x)
         return feats
 
+    def level_modules(self, n: int) -> list[nn.Module]:
+        if not 0 <= n <= len(self.levels):
+            raise ValueError(f"the encoder has levels 1..{len(self.levels)}, not {n}")
+        return list(self.levels[:n])
+
     def load_pretrained(self) -> None:
         """The tiny backbone is trained from scratch: nothing to load."""
