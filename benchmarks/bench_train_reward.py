@@ -50,6 +50,29 @@ def run_config(data: Path, stage: int, flags: list[str], steps: int, warmup: int
     return res["timing"]
 
 
+def recipe_table(report: dict) -> str:
+    """Seconds of ``training/train_default.py``'s whole curriculum per variant, estimated from its rows:
+    its stage-0 steps at the stage-0 row's s/step, stages 1..N at the stage-3 row's (each trains one
+    decoder level on a frozen encoder), the joint steps at the joint row's; the speed-up is against the
+    report's first variant."""
+    from training.train_default import parse_args as default_args
+
+    d = default_args([])
+    steps = [int(n) for n in d.steps.split(",")]
+    names = list(CONFIGS)
+    lines = ["| variant | whole curriculum (s, estimated) | speed-up |", "|---|---|---|"]
+    base = None
+    for label, rep in report.items():
+        rows = rep["rows"]
+        if not all(n in rows for n in names):
+            continue
+        total = (steps[0] * rows[names[0]]["s_per_step"] + sum(steps[1:]) * rows[names[1]]["s_per_step"]
+                 + d.joint_steps * rows[names[2]]["s_per_step"])
+        base = base or total
+        lines.append(f"| {label} | {total:.0f} | {base / total:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="an FGR folder (training/data/build_fgr.py)")
@@ -76,6 +99,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     report = json.loads(path.read_text()) if path.is_file() else {}
     report[args.label] = {"machine": machine(torch.device("cpu")), "extra": args.extra, "rows": rows}
     path.write_text(json.dumps(report, indent=2))
+    text = render(report)
+    (args.out / "train_reward.md").write_text(text)
+    print(text)
+    return 0
+
+
+def render(report: dict) -> str:
+    """The report as Markdown: one row per variant and configuration, then the curriculum estimate."""
     lines = ["| variant | configuration | triplets/s | s/step | data | robustness inputs | forward | backward | optimizer |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, rep in report.items():
@@ -83,9 +114,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             lines.append(f"| {label} | {name} | {t['triplets_per_s']:.2f} | {t['s_per_step']:.3f} | "
                          + " | ".join(f"{t.get(k + '_s_per_step', 0):.3f}" for k in
                                       ("data", "robustness_inputs", "forward", "backward", "optimizer")) + " |")
-    (args.out / "train_reward.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines + ["", recipe_table(report)]) + "\n"
 
 
 if __name__ == "__main__":
