@@ -130,3 +130,21 @@ def test_hack_metrics_parse_and_default():
     with pytest.raises(ValueError, match="subset of lpips_alex, lpips_vgg, dists"):
         parse_metrics("psnr")
     assert "lpips_vgg & dists" in HackRule().label()
+
+
+def test_every_command_reads_the_rule_from_the_same_flags():
+    """The rule a command was given (add_arguments) reaches another command whole (HackRule.argv), and
+    ccl_lora, the experiment and the hacking table parse the same flags."""
+    import argparse
+
+    from training.ccl import experiment
+    from training.ccl.hackflag import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, "the base network's")
+    assert HackRule.from_args(p.parse_args([])) == HackRule()
+    rule = HackRule(0.2, 0.03, ("lpips_alex", "dists"))
+    assert HackRule.from_args(p.parse_args(rule.argv())) == rule
+    for parse in (lambda a: ccl_lora.parse_args(["--output_dir", "x", *a]),
+                  lambda a: experiment.parse_args(a)):
+        assert HackRule.from_args(parse(rule.argv())) == rule

@@ -68,7 +68,8 @@ from diffusers_ext.rewards import compute_reward, refl_loss
 from training.distributed import end_run
 from training.ccl.coevolve import MEMORY_FILE, REWARD_WEIGHTS
 from training.ccl.fidelity import FIDELITY_KINDS, KERNEL_HELP, NEEDS_HR, fidelity_loss, parse_kernel
-from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
+from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import add_arguments as add_hack_arguments
 from training.ccl.hackflag import summary as hack_summary
 from training.ccl.term_norm import NORM_MODES, TermScales, normalized_loss
 from training.ccl.schedule import CCLSchedule, CurriculumTracker, load_mapping
@@ -182,14 +183,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "auto = when the files are there (else a warning and no brisque column), on = required "
                         "(checked at start), off = never")
     g.add_argument("--no_brisque", action="store_true", help="same as --brisque off")
-    g.add_argument("--hack_reward_margin", type=float, default=0.05,
-                   help="hack flag: reward_final above its step-0 value by more than this ...")
-    g.add_argument("--hack_perceptual_margin", type=float, default=0.01,
-                   help="... while every --hack_metrics metric to HR is worse than at step 0 by more than this")
-    g.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
-                   help="the full-reference metrics of the hack flag, comma-separated (default lpips_vgg,dists: "
-                        "LPIPS-alex taught the bundled v6, so it is not independent of it); lpips_vgg turns on "
-                        "--monitor_lpips_vgg")
+    add_hack_arguments(g, "its step-0 value", "; LPIPS-alex taught the bundled v6, so it is not independent of "
+                       "it; lpips_vgg turns on --monitor_lpips_vgg")
     g.add_argument("--monitor_lpips_vgg", action="store_true",
                    help="also LPIPS (VGG16) to HR in the monitor (lpips_alex and dists always; VGG16 costs about "
                         "as much as DISTS again)")
@@ -447,7 +442,7 @@ def main(argv: Optional[list[str]] = None,
         monitor = Monitor(val_lr, val_hr, rm, last.reward_config(schedule.reward), last.rm_stage, judge=judge,
                           judge_stage=judge_stage, flag_threshold=args.flag_threshold, brisque=args.brisque,
                           lpips_vgg=args.monitor_lpips_vgg,
-                          hack_rule=HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics))
+                          hack_rule=HackRule.from_args(args))
 
     scales = TermScales(args.term_norm, args.term_norm_momentum)
     if args.fidelity == "lr":

@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
+from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import add_arguments as add_hack_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
@@ -102,13 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr_consistency_kernel", default="auto", help="--fidelity lr: the SR -> LR kernel (ccl_lora)")
     p.add_argument("--term_norm", choices=["off", "abs", "std"], default="off",
                    help="per-term normalization of the loss terms (ccl_lora --term_norm)")
-    p.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
-                   help="hack flag: reward_final above the base network's by more than this ...")
-    p.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
-                   help="... while every --hack_metrics metric is worse than the base's by more than this "
-                        "(the runs' monitors use the same margins against their step 0)")
-    p.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
-                   help="the full-reference metrics of the hack flag (comma-separated; default lpips_vgg,dists)")
+    add_hack_arguments(p, "the base network's", " (the runs' monitors use the same rule against their step 0)")
     p.add_argument("--validation_steps", type=int, default=50)
     p.add_argument("--validation_images", type=int, default=8)
     p.add_argument("--test_images", type=int, default=16)
@@ -150,9 +145,7 @@ def run_arm(arm: str, sched: dict, args: argparse.Namespace, seed: int) -> float
            "--learning_rate", str(args.learning_rate), "--lora_rank", str(args.lora_rank),
            "--fidelity", args.fidelity, "--lambda_fidelity", str(args.lambda_fidelity),
            "--lr_consistency_kernel", args.lr_consistency_kernel, "--term_norm", args.term_norm,
-           "--hack_reward_margin", str(args.hack_reward_margin),
-           "--hack_perceptual_margin", str(args.hack_perceptual_margin), "--hack_metrics", ",".join(args.hack_metrics),
-           "--monitor_lpips_vgg",
+           *HackRule.from_args(args).argv(), "--monitor_lpips_vgg",
            "--validation_steps", str(args.validation_steps), "--validation_images", str(args.validation_images),
            "--checkpointing_steps", "50", "--resume_from_checkpoint", "latest", "--photo_sources", args.photo_sources,
            "--seed", str(seed), "--num_threads", str(args.num_threads), "--output_dir", str(out)]
@@ -197,7 +190,7 @@ def evaluate(args: argparse.Namespace, arms: list[str], n_stages: int) -> dict[i
                                                        "judge_pdm")},
                 "judge_score": m["judge_score"]}
 
-    rule = HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics)
+    rule = HackRule.from_args(args)
 
     def flagged(r: dict[str, float]) -> float:
         """1 when ``r`` is a hack against the base network (:mod:`training.ccl.hackflag`), NaN undecided."""
@@ -326,9 +319,7 @@ def main(argv=None) -> dict:
     plot_arm_curves(args, arms, args.out / "curves.png")
     from training.ccl.hacking import table as hacking_table
 
-    (args.out / "hacking.md").write_text(hacking_table([args.out], rule=HackRule(args.hack_reward_margin,
-                                                                                 args.hack_perceptual_margin,
-                                                                                 args.hack_metrics)))
+    (args.out / "hacking.md").write_text(hacking_table([args.out], rule=HackRule.from_args(args)))
     print(table)
     return res
 

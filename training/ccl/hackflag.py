@@ -20,8 +20,9 @@ flag is undecided (``None``) and left out.
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 REWARD_KEY = "reward_final"
 PERCEPTUAL_KEYS = ("lpips_vgg", "dists")
@@ -45,6 +46,16 @@ class HackRule:
     reward_margin: float = 0.05
     perceptual_margin: float = 0.01
     metrics: tuple[str, ...] = PERCEPTUAL_KEYS
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "HackRule":
+        """The rule of the flags :func:`add_arguments` added."""
+        return cls(args.hack_reward_margin, args.hack_perceptual_margin, tuple(args.hack_metrics))
+
+    def argv(self) -> list[str]:
+        """The flags that give this rule to another command (:func:`add_arguments`)."""
+        return ["--hack_reward_margin", str(self.reward_margin), "--hack_perceptual_margin",
+                str(self.perceptual_margin), "--hack_metrics", ",".join(self.metrics)]
 
     def deltas(self, start: Mapping[str, float], now: Mapping[str, float]) -> Optional[dict[str, float]]:
         """``{key: now - start}`` of the rule's columns, or ``None`` when one is missing."""
@@ -73,6 +84,19 @@ class HackRule:
         d = self.deltas(start, now) or {}
         parts = ", ".join(f"{k} {d.get(k, float('nan')):+.4f}" for k in (REWARD_KEY, *self.metrics))
         return f"reward hacking at step {int(step)}: {parts} against step {int(start.get('step', 0))} (rule: {self.describe()})"
+
+
+def add_arguments(parser: Any, against: str, metrics_note: str = "") -> None:
+    """The rule's flags ``--hack_reward_margin``, ``--hack_perceptual_margin`` and ``--hack_metrics`` (the
+    defaults of :class:`HackRule`) on ``parser`` (or an argument group); ``against``: what the reference
+    record is, in words."""
+    parser.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
+                        help=f"hack flag: reward_final above {against} by more than this ...")
+    parser.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
+                        help=f"... while every --hack_metrics metric to HR is worse than {against} by more than this")
+    parser.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
+                        help="the full-reference metrics of the hack flag, comma-separated (default "
+                             f"{','.join(PERCEPTUAL_KEYS)}){metrics_note}")
 
 
 def summary(history: Sequence[Mapping[str, float]]) -> dict[str, float]:

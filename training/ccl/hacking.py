@@ -31,7 +31,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from training.ccl.hackflag import PERCEPTUAL_KEYS, HackRule, parse_metrics
+from training.ccl.hackflag import HackRule
+from training.ccl.hackflag import add_arguments as add_hack_arguments
 
 COLUMNS = [("reward_excess", "reward - HR"), ("d_psnr", "PSNR - base (dB)"), ("d_ssim", "SSIM - base"),
            ("d_brisque", "BRISQUE - base"), ("d_percep", "percep - base"), ("d_lpips_alex", "LPIPS-alex - base"),
@@ -97,15 +98,10 @@ def main(argv: Optional[list[str]] = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", type=Path, help="output folders of python -m training.ccl.experiment")
     p.add_argument("--psnr_drop", type=float, default=1.0, help="PSNR fall (dB) below the base that counts as hacking")
-    p.add_argument("--hack_reward_margin", type=float, default=HackRule.reward_margin,
-                   help="hack flag: reward_final above the base's by more than this ...")
-    p.add_argument("--hack_perceptual_margin", type=float, default=HackRule.perceptual_margin,
-                   help="... while every --hack_metrics metric is worse than the base's by more than this")
-    p.add_argument("--hack_metrics", type=parse_metrics, default=PERCEPTUAL_KEYS,
-                   help="the full-reference metrics of the hack flag (comma-separated; default lpips_vgg,dists)")
+    add_hack_arguments(p, "the base network's")
     p.add_argument("--out", type=Path, default=None, help="also write the table to this file")
     args = p.parse_args(argv)
-    text = table(args.folders, args.psnr_drop, HackRule(args.hack_reward_margin, args.hack_perceptual_margin, args.hack_metrics))
+    text = table(args.folders, args.psnr_drop, HackRule.from_args(args))
     if args.out:
         args.out.write_text(text)
     print(text)
