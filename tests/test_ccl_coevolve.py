@@ -69,7 +69,9 @@ def test_schedule_block_round_trips_and_bad_values_name_the_key(tmp_path):
     assert CCLSchedule.from_dict({"stages": d["stages"]}).coevolve is None  # off by default
     for bad, msg in (({"every": 5}, "needs 'data'"), ({"data": "x", "update": "encoder"}, "update must be one of"),
                      ({"data": "x", "replay": 1.0}, "replay"), ({"data": "x", "every": 0}, "every"),
-                     ({"data": "x", "evry": 3}, "unknown keys")):
+                     ({"data": "x", "evry": 3}, "unknown keys"), ({"data": "x", "labels": "lpips"}, "labels"),
+                     ({"data": "x", "labels": "teacher", "teacher": "psnr"}, "teacher"),
+                     ({"data": "x", "lambda_order": -1}, "lambda_order")):
         with pytest.raises(ValueError, match=msg):
             CCLSchedule.from_dict({**d, "coevolve": bad})
     with pytest.raises(FileNotFoundError, match="build_fgr"):
@@ -105,6 +107,36 @@ def test_an_update_changes_only_its_parameters_and_learns_the_policy_outputs(ass
     assert not any(p.requires_grad for p in co.rm.parameters())
     # trained to rank HR above the policy's outputs on them: the score gap output - HR falls
     assert rec["policy_gap_after"] < rec["policy_gap_before"], rec
+
+
+def test_teacher_versions_are_hr_output_and_bicubic_with_the_teachers_distance(assets, policy):
+    from diffusers_ext.perceptual import get_model
+
+    co = coevolver(assets, labels="teacher")
+    lr, hr, sr = co.policy_outputs(policy, step=10)
+    images, dist = co.teacher_versions(lr, hr, sr)
+    assert images.shape == (4, 3, *hr.shape[1:]) and torch.equal(images[:, 0], hr) and torch.equal(images[:, 1], sr)
+    lpips = get_model("lpips_alex")
+    with torch.no_grad():
+        expect = torch.stack([torch.zeros(4), lpips(sr, hr), lpips(images[:, 2], hr)], 1)
+    assert torch.allclose(dist, expect, atol=1e-5) and float(dist[:, 1:].min()) > 0
+
+
+def test_teacher_labels_teach_the_update_the_teachers_order(assets, policy):
+    """The same update with and without the teacher term, from the same start: only the teacher's
+    update lowers the order loss of the versions (HR, output, bicubic), and it records the term."""
+    teach, plain = coevolver(assets, labels="teacher", lambda_order=5.0), coevolver(assets)
+    lr, hr, sr = teach.policy_outputs(policy, step=4)
+    versions = teach.teacher_versions(lr, hr, sr)
+    with torch.no_grad():
+        start = float(teach.order_term(versions, 3))
+    rec = teach.update(policy, step=4, stage=3)
+    plain.update(policy, step=4, stage=3)
+    with torch.no_grad():
+        after_teacher, after_plain = float(teach.order_term(versions, 3)), float(plain.order_term(versions, 3))
+    assert rec["accepted"] and rec["order_first"] == pytest.approx(start, rel=1e-4)
+    assert after_teacher < start and after_teacher < after_plain, (start, after_teacher, after_plain)
+    assert rec["teacher_sr"] > 0 and "order_first" not in plain.history[-1]
 
 
 def test_the_update_is_bounded(assets, policy):

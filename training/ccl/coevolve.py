@@ -26,6 +26,14 @@ and a stage the curriculum reaches later learns the hacks found under the earlie
 update. The memory is stored quantized (images and mask as uint8, the GT map as float16) and used
 only in that form, so it goes into every checkpoint (``coevolve_memory.safetensors``) exactly.
 
+Teacher labels (``labels: teacher``; default ``maps``): every update also orders whole versions of the
+fresh crops as a full-reference teacher does (``teacher``, LPIPS-alex by default: the labels the v6 score
+heads were fitted on, :mod:`training.fit_heads`): per crop the HR photo, the policy's output and the
+bicubic upscale of its LR input, with the teacher's distance to HR, and the pairwise order term of
+:func:`training.whole_image.order_loss` on the stage's raw score (weight ``lambda_order``) beside the
+map-labelled FGR items. So an output that the teacher finds further from HR than bicubic must score
+below bicubic, not only below HR. The guards are the same.
+
 What is updated (``update``): ``score`` = the stage's score head; ``heads`` = the score head and
 the map head of the stage's decoder level (no other stage changes); ``level`` = the score head and
 the whole decoder level (the finer stages that build on that level change too). The encoder never
@@ -53,6 +61,7 @@ UPDATES = ("score", "heads", "level")
 REWARD_WEIGHTS = "reward_model.safetensors"  # the adapted reward model inside a checkpoint
 MEMORY_FILE = "coevolve_memory.safetensors"  # the hack memory inside a checkpoint
 ITEM_KEYS = ("gt", "sr", "syn", "mask", "mgt")
+LABELS = ("maps", "teacher")
 
 
 @dataclass
@@ -72,6 +81,9 @@ class CoevolveConfig:
     hr_band: float = 0.1
     val_items: int = 64
     memory: int = 0
+    labels: str = "maps"
+    teacher: str = "lpips_alex"
+    lambda_order: float = 1.0
 
     @classmethod
     def from_dict(cls, d: Any, source: str = "schedule") -> "CoevolveConfig":
@@ -95,9 +107,20 @@ class CoevolveConfig:
         if not 0.0 <= cfg.replay < 1.0:
             raise ValueError(f"{where}.replay (the share of original FGR items per batch) must be in [0, 1), "
                              f"got {cfg.replay!r}")
+        if cfg.labels not in LABELS:
+            raise ValueError(f"{where}.labels must be one of {LABELS}, got {cfg.labels!r}")
+        if cfg.labels == "teacher":
+            from training.whole_image import parse_teacher
+
+            try:
+                parse_teacher(cfg.teacher)
+            except ValueError as e:
+                raise ValueError(f"{where}.teacher: {e}") from e
         if not isinstance(cfg.memory, int) or isinstance(cfg.memory, bool) or cfg.memory < 0:
             raise ValueError(f"{where}.memory (past policy items kept for replay; 0 = off) must be an integer "
                              f">= 0, got {cfg.memory!r}")
+        if cfg.lambda_order < 0:
+            raise ValueError(f"{where}.lambda_order must be >= 0, got {cfg.lambda_order!r}")
         for name in ("learning_rate", "max_update", "max_drop", "hr_band"):
             if not float(getattr(cfg, name)) > 0:
                 raise ValueError(f"{where}.{name} must be > 0, got {getattr(cfg, name)!r}")
@@ -157,9 +180,12 @@ class RewardCoevolver:
     def policy_items(self, policy: Any, step: int) -> dict[str, torch.Tensor]:
         """FGR items (``gt``, ``sr``, ``syn``, ``mask``, ``mgt``; Bx?xCxC) of the policy's outputs on
         ``cfg.items`` fresh training crops, drawn from ``(seed, step)``."""
-        from training.data.build_fgr import swap_region
-        from training.data.gt_maps import gt_map
+        return self.swap_items(*self.policy_outputs(policy, step)[1:], step)
 
+    @torch.no_grad()
+    def policy_outputs(self, policy: Any, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(lr, hr, sr)``: ``cfg.items`` fresh training pairs drawn from ``(seed, step)`` and the
+        policy's outputs on them (eval mode, CPU tensors in [0, 1])."""
         lr, hr = self.sampler.batch(self.cfg.items, step)
         dev = next(self.rm.parameters()).device
         was = policy.training
@@ -167,6 +193,14 @@ class RewardCoevolver:
         gen = torch.Generator(device="cpu").manual_seed(int(np.random.default_rng([self.seed, step, 23]).integers(2**62)))
         sr = policy(lr.to(dev), generator=gen)["images"].float().clamp(0, 1).cpu()
         policy.train(was)
+        return lr, hr, sr
+
+    def swap_items(self, hr: torch.Tensor, sr: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+        """FGR items made from whole ``hr`` / ``sr`` pairs: a random region of ``sr`` swapped into
+        ``hr``, with its GT map (the data engine's code)."""
+        from training.data.build_fgr import swap_region
+        from training.data.gt_maps import gt_map
+
         rng = np.random.default_rng([self.seed, step, 29])
         items = []
         for h, s in zip(hr.permute(0, 2, 3, 1).numpy(), sr.permute(0, 2, 3, 1).numpy()):
@@ -181,6 +215,35 @@ class RewardCoevolver:
             a = torch.from_numpy(np.stack([np.asarray(t[k], dtype=np.float32) for t in items]))
             out[k] = a.permute(0, 3, 1, 2).contiguous() if a.ndim == 4 else a[:, None].contiguous()
         return out
+
+    @torch.no_grad()
+    def teacher_versions(self, lr: torch.Tensor, hr: torch.Tensor, sr: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-image versions of each crop and their teacher distances to HR (``labels: teacher``):
+        ``images`` ``[B, 3, 3, H, W]`` (HR, the policy's output, bicubic of the LR input) and
+        ``distance`` ``[B, 3]`` (HR's is 0)."""
+        import torch.nn.functional as F
+
+        from diffusers_ext.perceptual import full_reference_metrics
+        from training.whole_image import parse_teacher
+
+        bic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        weights = parse_teacher(self.cfg.teacher)
+        dist = torch.zeros(hr.shape[0], 3)
+        for col, x in ((1, sr), (2, bic)):
+            m = full_reference_metrics(x, hr, metrics=list(weights))
+            dist[:, col] = torch.from_numpy(sum(w * m[k] for k, w in weights.items())).float()
+        return torch.stack([hr, sr, bic], 1), dist
+
+    def order_term(self, versions: tuple[torch.Tensor, torch.Tensor], stage: int) -> torch.Tensor:
+        """The pairwise teacher-order loss of the stage's raw score on ``versions``."""
+        from training.whole_image import OrderConfig, order_loss
+
+        images, dist = versions
+        b, k = dist.shape
+        dev = next(self.rm.parameters()).device
+        raw = self.rm(images.flatten(0, 1).to(dev), stage=stage).raw_score.view(b, k)
+        return order_loss(raw, dist.to(dev), OrderConfig(lambda_cal=0.0))["order"]
 
     # ------------------------------------------------------------------ the hack memory
     @staticmethod
@@ -268,7 +331,9 @@ class RewardCoevolver:
         if key not in self.baselines:
             self.baselines[key] = self.figures(stage)
         base = self.baselines[key]
-        fresh = self.policy_items(policy, step)
+        lr, hr, sr = self.policy_outputs(policy, step)
+        fresh = self.swap_items(hr, sr, step)
+        versions = self.teacher_versions(lr, hr, sr) if cfg.labels == "teacher" else None
         pool = self._pool(fresh)
         before = self.policy_figures(fresh, stage)
         params = self.parameters(stage)
@@ -280,11 +345,16 @@ class RewardCoevolver:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
         dev = next(rm.parameters()).device
-        losses = []
+        losses: list[float] = []
+        orders: list[float] = []
         try:
             for i in range(cfg.steps):
                 batch = {k: v.to(dev) for k, v in self._mix(pool, step, i).items()}
                 loss = stage_loss(rm, batch, settings)["loss"]
+                if versions is not None:
+                    order = self.order_term(versions, stage)
+                    orders.append(float(order.detach()))
+                    loss = loss + cfg.lambda_order * order
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -318,6 +388,9 @@ class RewardCoevolver:
         rec = {"step": step, "rm_stage": stage, "accepted": not reasons, "rejected_because": reasons,
                "memory_items": int(pool["gt"].shape[0] - fresh["gt"].shape[0]),
                "loss_first": losses[0], "loss_last": losses[-1],
+               **({"order_first": orders[0], "order_last": orders[-1],
+                   "teacher_sr": float(versions[1][:, 1].mean()), "teacher_bicubic": float(versions[1][:, 2].mean())}
+                  if versions is not None else {}),
                "update_norm": float(min(delta, limit) / norm), "scaled": scaled,
                **{f"val_{k}": v for k, v in after.items()},
                **{f"policy_{k}_before": v for k, v in before.items()},

@@ -88,6 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coevolve_update", choices=["score", "heads", "level"], default="heads",
                    help="coevo arm: what an update changes (training/ccl/coevolve.py)")
     p.add_argument("--coevolve_steps", type=int, default=10, help="coevo arm: optimizer steps per reward update")
+    p.add_argument("--coevolve_labels", choices=["maps", "teacher"], default="maps",
+                   help="coevo arm: 'teacher' adds the full-reference teacher's order of whole versions (HR, "
+                        "output, bicubic) to every update (training/ccl/coevolve.py)")
     p.add_argument("--coevolve_memory", type=int, default=0,
                    help="coevo arm: past policy items kept and replayed at every update (0 = only fresh ones)")
     p.add_argument("--net", default="realesr-animevideov3-x4")
@@ -302,7 +305,8 @@ def main(argv=None) -> dict:
     n = load_reward_model(args.reward_model, torch.device("cpu")).num_stages
     arms = [a for a in args.arms.split(",") if a]
     coevolve = ({"data": str(args.coevolve_data), "every": args.coevolve_every, "update": args.coevolve_update,
-                 "steps": args.coevolve_steps, "memory": args.coevolve_memory} if "coevo" in arms else None)
+                 "steps": args.coevolve_steps, "memory": args.coevolve_memory,
+                 "labels": args.coevolve_labels} if "coevo" in arms else None)
     sch = schedules(n, args.steps, coevolve)
     seconds = {f"{arm}/seed{seed}": run_arm(arm, sch[arm], args, seed) for seed in args.seed_list for arm in arms}
     per_seed = evaluate(args, arms, n)
