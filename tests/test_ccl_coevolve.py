@@ -114,7 +114,8 @@ def test_teacher_versions_are_hr_output_and_bicubic_with_the_teachers_distance(a
 
     co = coevolver(assets, labels="teacher")
     lr, hr, sr = co.policy_outputs(policy, step=10)
-    images, dist = co.teacher_versions(lr, hr, sr)
+    versions = co.teacher_versions(lr, hr, sr)
+    images, dist = versions.images, versions.distance
     assert images.shape == (4, 3, *hr.shape[1:]) and torch.equal(images[:, 0], hr) and torch.equal(images[:, 1], sr)
     lpips = get_model("lpips_alex")
     with torch.no_grad():

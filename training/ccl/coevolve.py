@@ -50,7 +50,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -62,6 +62,16 @@ REWARD_WEIGHTS = "reward_model.safetensors"  # the adapted reward model inside a
 MEMORY_FILE = "coevolve_memory.safetensors"  # the hack memory inside a checkpoint
 ITEM_KEYS = ("gt", "sr", "syn", "mask", "mgt")
 LABELS = ("maps", "teacher")
+
+
+class TeacherVersions(NamedTuple):
+    """``images`` ``[B, 3, 3, H, W]`` (HR, the policy's output, bicubic), ``distance`` ``[B, 3]`` (the
+    teacher's distance to HR; HR's is 0) and ``feats``, the reward encoder's features of the ``B * 3``
+    images."""
+
+    images: torch.Tensor
+    distance: torch.Tensor
+    feats: list[torch.Tensor]
 
 
 @dataclass
@@ -217,11 +227,9 @@ class RewardCoevolver:
         return out
 
     @torch.no_grad()
-    def teacher_versions(self, lr: torch.Tensor, hr: torch.Tensor, sr: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-image versions of each crop and their teacher distances to HR (``labels: teacher``):
-        ``images`` ``[B, 3, 3, H, W]`` (HR, the policy's output, bicubic of the LR input) and
-        ``distance`` ``[B, 3]`` (HR's is 0)."""
+    def teacher_versions(self, lr: torch.Tensor, hr: torch.Tensor, sr: torch.Tensor) -> "TeacherVersions":
+        """Whole-image versions of each crop, their teacher distances to HR and their encoder features
+        (``labels: teacher``): the HR photo, the policy's output and bicubic of the LR input."""
         import torch.nn.functional as F
 
         from diffusers_ext.perceptual import full_reference_metrics
@@ -233,17 +241,18 @@ class RewardCoevolver:
         for col, x in ((1, sr), (2, bic)):
             m = full_reference_metrics(x, hr, metrics=list(weights))
             dist[:, col] = torch.from_numpy(sum(w * m[k] for k, w in weights.items())).float()
-        return torch.stack([hr, sr, bic], 1), dist
+        images = torch.stack([hr, sr, bic], 1)
+        dev = next(self.rm.parameters()).device
+        # the encoder never changes during an update (module docstring): encode once, not at every step
+        return TeacherVersions(images, dist, self.rm.encode(images.flatten(0, 1).to(dev)))
 
-    def order_term(self, versions: tuple[torch.Tensor, torch.Tensor], stage: int) -> torch.Tensor:
+    def order_term(self, versions: "TeacherVersions", stage: int) -> torch.Tensor:
         """The pairwise teacher-order loss of the stage's raw score on ``versions``."""
         from training.whole_image import OrderConfig, order_loss
 
-        images, dist = versions
-        b, k = dist.shape
-        dev = next(self.rm.parameters()).device
-        raw = self.rm(images.flatten(0, 1).to(dev), stage=stage).raw_score.view(b, k)
-        return order_loss(raw, dist.to(dev), OrderConfig(lambda_cal=0.0))["order"]
+        b, k = versions.distance.shape
+        raw = self.rm.predict(versions.feats, tuple(versions.images.shape[-2:]), stage)[0].view(b, k)
+        return order_loss(raw, versions.distance.to(raw.device), OrderConfig(lambda_cal=0.0))["order"]
 
     # ------------------------------------------------------------------ the hack memory
     @staticmethod
@@ -389,7 +398,8 @@ class RewardCoevolver:
                "memory_items": int(pool["gt"].shape[0] - fresh["gt"].shape[0]),
                "loss_first": losses[0], "loss_last": losses[-1],
                **({"order_first": orders[0], "order_last": orders[-1],
-                   "teacher_sr": float(versions[1][:, 1].mean()), "teacher_bicubic": float(versions[1][:, 2].mean())}
+                   "teacher_sr": float(versions.distance[:, 1].mean()),
+                   "teacher_bicubic": float(versions.distance[:, 2].mean())}
                   if versions is not None else {}),
                "update_norm": float(min(delta, limit) / norm), "scaled": scaled,
                **{f"val_{k}": v for k, v in after.items()},

@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.ccl.coevolve import LABELS as COEVOLVE_LABELS
+from training.ccl.coevolve import UPDATES as COEVOLVE_UPDATES
 from training.ccl.hackflag import HackRule
 from training.ccl.hackflag import add_arguments as add_hack_arguments
 
@@ -85,10 +87,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coevolve_data", type=Path, default=ROOT / "data" / "fgr_v4",
                    help="coevo arm: FGR dataset of the replay items and the guard")
     p.add_argument("--coevolve_every", type=int, default=50, help="coevo arm: policy steps between reward updates")
-    p.add_argument("--coevolve_update", choices=["score", "heads", "level"], default="heads",
+    p.add_argument("--coevolve_update", choices=COEVOLVE_UPDATES, default="heads",
                    help="coevo arm: what an update changes (training/ccl/coevolve.py)")
     p.add_argument("--coevolve_steps", type=int, default=10, help="coevo arm: optimizer steps per reward update")
-    p.add_argument("--coevolve_labels", choices=["maps", "teacher"], default="maps",
+    p.add_argument("--coevolve_labels", choices=COEVOLVE_LABELS, default="maps",
                    help="coevo arm: 'teacher' adds the full-reference teacher's order of whole versions (HR, "
                         "output, bicubic) to every update (training/ccl/coevolve.py)")
     p.add_argument("--coevolve_memory", type=int, default=0,
