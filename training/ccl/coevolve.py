@@ -342,7 +342,6 @@ class RewardCoevolver:
         base = self.baselines[key]
         lr, hr, sr = self.policy_outputs(policy, step)
         fresh = self.swap_items(hr, sr, step)
-        versions = self.teacher_versions(lr, hr, sr) if cfg.labels == "teacher" else None
         pool = self._pool(fresh)
         before = self.policy_figures(fresh, stage)
         params = self.parameters(stage)
@@ -357,6 +356,7 @@ class RewardCoevolver:
         losses: list[float] = []
         orders: list[float] = []
         try:
+            versions = self.teacher_versions(lr, hr, sr) if cfg.labels == "teacher" else None
             for i in range(cfg.steps):
                 batch = {k: v.to(dev) for k, v in self._mix(pool, step, i).items()}
                 loss = stage_loss(rm, batch, settings)["loss"]
