@@ -227,3 +227,72 @@ def test_feature_cache_refuses_rows_of_another_source(tmp_path):
     torch.testing.assert_close(again, rows)  # read back, not recomputed
     with pytest.raises(ValueError, match="holds features of /data/a/versions"):
         _cached_rows(tmp_path / "c", 3, lambda i: torch.zeros(2), "x", source="/data/b/versions")
+
+
+def _adv_args(**kw):
+    import argparse
+
+    base = dict(seed=0, adv_per_set=2, adv_eps=2.0 / 255, adv_steps=4)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_adversarial_versions_raise_the_attacked_score_and_carry_their_own_teacher_label(tmp_path):
+    """``fit_heads --adv_sets``: each attacked version scores higher than the version it was made from
+    (by the attacked model), stays inside the budget (its teacher distance close to its source's), and is
+    labelled with its own LPIPS-alex distance to the clean crop, not its source's."""
+    from training.data.versions import Teacher
+    from training.fit_heads import adversarial_features
+
+    model = make_tiny_model()
+    model.save_pretrained(tmp_path / "m")
+    sets = VersionSets(_build(tmp_path / "v", {"train": 3}), "train", {"lpips_alex": 1.0})
+    chosen = np.array([0, 2])
+    feats, dist, picks = adversarial_features(str(tmp_path / "m"), model, [sets], chosen, _adv_args(),
+                                              tmp_path / "cache", {"lpips_alex": 1.0})
+    assert feats.shape[:2] == dist.shape == picks.shape == (2, 2) and bool((picks >= 1).all())
+    teacher = Teacher(["lpips_alex"])
+    for row, i in enumerate(chosen):
+        imgs = torch.from_numpy(sets.images(i)).permute(0, 3, 1, 2).float() / 255
+        src = imgs[picks[row]]
+        gain = stage_scores(model, feats[row])[:, model.stage] - model(src).raw_score
+        assert bool((gain > 0).all())
+        d_src = teacher.distances(src, imgs[:1])["lpips_alex"]
+        assert float((dist[row] - d_src).abs().max()) < 0.15  # inside the budget (64 px: LPIPS moves ~0.1)
+        assert not torch.allclose(dist[row], d_src)  # its own label
+    again = adversarial_features(str(tmp_path / "m"), model, [sets], chosen, _adv_args(), tmp_path / "cache",
+                                 {"lpips_alex": 1.0})
+    torch.testing.assert_close(again[0], feats)  # read back from the cache
+    other = adversarial_features(str(tmp_path / "m"), model, [sets], chosen, _adv_args(adv_eps=8 / 255),
+                                 tmp_path / "cache", {"lpips_alex": 1.0})
+    assert not torch.allclose(other[0], feats)  # another attack: a cache of its own
+
+
+def test_fit_heads_orders_the_adversarial_versions_by_the_teacher(tmp_path):
+    """``fit_heads --adv_sets``: the attacks on the initial model, appended to their sets, end up below the
+    clean crop and ordered among the set's versions as the teacher orders them, only when their order term
+    is on."""
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+    from training import fit_heads
+    from training.data.build_fgr import build as build_fgr
+
+    init = tmp_path / "init"
+    torch.manual_seed(1)
+    model = FinPercepRM(decoder_channels=8, head_hidden=16, min_size=32, native_size=64).eval()
+    model.encoder.load_pretrained()
+    model.save_pretrained(init)
+    vers = _build(tmp_path / "versions", {"train": 8, "val": 2})
+    fgr = build_fgr(tmp_path / "fgr", {"train": 4, "val": 4}, hr_size=64, seed=3, feature="ssim", pixel_scale=0.1,
+                    feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    common = ["--init", str(init), "--versions", str(vers), "--fgr", str(fgr), "--teacher", "lpips_alex",
+              "--val_teacher", "lpips_vgg", "--steps", "200", "--batch_versions", "4", "--batch_triplets", "4",
+              "--garbage_items", "8", "--learning_rate", "3e-3", "--lambda_consistency", "0", "--adv_sets", "6",
+              "--adv_per_set", "3", "--adv_steps", "5", "--adv_eps", str(4 / 255), "--cache", str(tmp_path / "cache")]
+    res = {lam: fit_heads.main([*common, "--output_dir", str(tmp_path / f"out{lam}"), "--lambda_adv", lam])
+           for lam in ("1", "0")}
+    on, off = res["1"]["history"][-1], res["0"]["history"][-1]
+    assert res["1"]["before"]["adv_gain"] > 0  # the attacks worked on the initial model
+    assert on["adv_above_clean"] == 0.0 < off["adv_above_clean"]
+    assert on["adv_pair_agree"] > max(0.9, off["adv_pair_agree"] + 0.3)
+    assert "--adv_sets 6" in (tmp_path / "out1" / "model" / "README.md").read_text()
+    with pytest.raises(ValueError, match="--adv_sets 9"):
+        fit_heads.main([*common, "--output_dir", str(tmp_path / "bad"), "--adv_sets", "9"])

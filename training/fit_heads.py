@@ -13,6 +13,9 @@ once and cached (the pooled deepest feature, dimmed by each stage's map, and the
 - the FGR triplets' ranking ``S_sr < S_syn < S_gt`` (``train_reward.ranking_loss``) and garbage images
   below the damaged photos (``--margin_garbage``), so the region-level behaviour is kept;
 - consistency: the score of an invisible copy (noise <= 2/255) of a version equals its own;
+- adversarial hard negatives (``--adv_sets``): versions of some sets attacked inside an L-inf ball
+  (``--adv_eps``, PGD of ``training/robustness.attack_score``) to *raise* the score of each ``--adv_model``,
+  labelled with their own teacher distance and ordered among the set's versions like any other;
 - every stage on the same scale (each is trained toward the same targets).
 
 Then the score is calibrated per stage on the FGR validation split (``training/calibration.py``) and
@@ -22,6 +25,7 @@ the model is written to ``<output_dir>/model`` (atomically), with the validation
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -37,7 +41,7 @@ from diffusers_ext.models.finpercep_rm import FinPercepRM
 from training.calibration import fit_calibration
 from training.checkpointing import atomic_write_dir
 from training.data.fgr_dataset import FGRDataset
-from training.robustness import garbage_batch, imperceptible
+from training.robustness import attack_score, garbage_batch, imperceptible
 from training.train_reward import ranking_loss
 from training.whole_image import OrderConfig, VersionSets, order_figures, order_loss, parse_teacher
 
@@ -85,6 +89,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "raw -60, a calibrated 0.0 and huge RL gradients")
     p.add_argument("--garbage_items", type=int, default=512)
     p.add_argument("--lambda_consistency", type=float, default=0.5)
+    g = p.add_argument_group("adversarial hard negatives: attacks on a reward, ordered by the teacher")
+    g.add_argument("--adv_sets", type=int, default=0, help="train version sets given adversarial versions (0 = off)")
+    g.add_argument("--adv_per_set", type=int, default=3, help="versions of each such set attacked (not the clean crop)")
+    g.add_argument("--adv_model", action="append", default=None,
+                   help="a reward model attacked, at its default stage (default: --init); repeatable: each model's "
+                        "attacks are added (after one fit, add its output model: a second round)")
+    g.add_argument("--adv_eps", type=float, default=2.0 / 255, help="L-inf budget of the attack (images in [0, 1])")
+    g.add_argument("--adv_steps", type=int, default=10, help="PGD steps")
+    g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the order loss of the sets with attacks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default <output_dir>/cache)")
@@ -161,7 +174,7 @@ def _cached(path: Path, make) -> torch.Tensor:
 
 
 def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25, source: Optional[str] = None) -> torch.Tensor:
-    """``torch.stack([row(i) for i in range(n)])``, computed in chunks of ``chunk`` rows that are
+    """``torch.stack([row(i) for i in range(n)])`` (or a tuple of stacks, for rows of tuples), computed in chunks of ``chunk`` rows that are
     saved under ``folder`` as they finish, so an interrupted extraction resumes where it stopped.
     ``source`` (what the rows are of) is recorded in the folder; another source is refused."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,8 +187,13 @@ def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25, source: 
     parts = []
     for start in tqdm(range(0, n, chunk), desc=desc, leave=False):
         path = folder / f"{start:06d}_{min(start + chunk, n):06d}.pt"
-        parts.append(_cached(path, lambda: torch.stack([row(i) for i in range(start, min(start + chunk, n))])))
-    return torch.cat(parts)
+        parts.append(_cached(path, lambda: _stack([row(i) for i in range(start, min(start + chunk, n))])))
+    return tuple(map(torch.cat, zip(*parts))) if isinstance(parts[0], tuple) else torch.cat(parts)
+
+
+def _stack(rows: list) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """``torch.stack`` of tensor rows, or of each field of tuple rows."""
+    return tuple(map(torch.stack, zip(*rows))) if isinstance(rows[0], tuple) else torch.stack(rows)
 
 
 def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: str,
@@ -190,6 +208,37 @@ def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: s
     feats = _cached_rows(cache / name, len(sets), row, f"features {name}", source=f"{sets.root.resolve()} (noisy={noisy})")
     dist = torch.from_numpy(np.stack([sets.distances(i) for i in range(len(sets))]))
     return feats, dist
+
+
+def adversarial_features(attacked_path: str, model: FinPercepRM, sets: list[VersionSets], chosen: np.ndarray,
+                         args: argparse.Namespace, cache: Path, teacher: dict[str, float], salt: int = 0
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Head inputs ``[n, A, N+1, C+2]``, teacher distances ``[n, A]`` and the attacked version's index
+    in its set ``[n, A]`` of ``A = --adv_per_set`` attacked versions of each chosen train set (``chosen``: indices into the sets of every folder in
+    turn). Each is an L-inf PGD attack (:func:`training.robustness.attack_score`) that raises the raw
+    score of the model at ``attacked_path`` at its default stage; its label is its own teacher distance to
+    the clean crop, so the order loss puts it where the teacher puts it, whatever the attacked reward
+    thought. ``salt`` draws other versions to attack (one per attacked model)."""
+    from training.data.versions import Teacher
+
+    owners = [(s, i) for s in sets for i in range(len(s))]
+    metrics = Teacher(list(teacher))
+    attacked = FinPercepRM.from_pretrained(attacked_path).eval().requires_grad_(False)
+
+    def row(j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        s, i = owners[int(chosen[j])]
+        imgs = torch.from_numpy(s.images(i)).permute(0, 3, 1, 2).float().div(255)
+        rng = np.random.default_rng([args.seed, 31, salt, int(chosen[j])])
+        picks = 1 + rng.choice(len(imgs) - 1, size=min(args.adv_per_set, len(imgs) - 1), replace=False)
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
+        adv = attack_score(lambda x: attacked(x).raw_score, imgs[picks], args.adv_eps, args.adv_steps, gen)
+        dist = sum(w * d for w, d in zip(teacher.values(), metrics.distances(adv, imgs[:1]).values()))
+        return head_inputs(model, adv), dist, torch.from_numpy(picks)
+    source = (f"{[str(s.root.resolve()) for s in sets]} attacked: {Path(attacked_path).resolve()} "
+              f"eps={args.adv_eps:g} steps={args.adv_steps} per_set={args.adv_per_set} seed={args.seed},{salt} "
+              f"teacher={teacher}")
+    name = f"adv_{len(chosen)}x{args.adv_per_set}_{hashlib.sha1(source.encode()).hexdigest()[:10]}"
+    return _cached_rows(cache / name, len(chosen), row, "adversarial versions", chunk=10, source=source)
 
 
 def fgr_features(model: FinPercepRM, data: FGRDataset, cache: Path, name: str) -> torch.Tensor:
@@ -225,6 +274,24 @@ def evaluate(model: FinPercepRM, feats: torch.Tensor, dist: torch.Tensor,
     return out
 
 
+def adversarial_figures(model: FinPercepRM, v_tr: torch.Tensor, d_tr: torch.Tensor,
+                        adv: tuple[torch.Tensor, torch.Tensor, torch.Tensor], chosen: torch.Tensor) -> dict[str, float]:
+    """At the model's default stage, on the attacked train versions: the share scored above their set's
+    clean crop, the share of their pairs with the set's versions ordered as the teacher orders them, and
+    their mean raw gain over the version they were made from."""
+    k = model.stage
+    with torch.no_grad():
+        s_set = stage_scores(model, v_tr[chosen])[..., k]            # [n, K]
+        s_adv = stage_scores(model, adv[0])[..., k]                   # [n, A]
+    src = torch.gather(s_set, 1, adv[2])
+    dt = d_tr[chosen][:, None, :] - adv[1][:, :, None]                # [n, A, K]: t_version - t_adv
+    ds = s_set[:, None, :] - s_adv[:, :, None]
+    keep = dt.abs() > 1e-6
+    return {"adv_above_clean": float((s_adv > s_set[:, :1]).float().mean()),
+            "adv_pair_agree": float(((torch.sign(ds) == -torch.sign(dt)) & keep).sum() / keep.sum().clamp_min(1)),
+            "adv_gain": float((s_adv - src).mean())}
+
+
 def model_card(args: argparse.Namespace, before: dict, after: dict, n_sets: int, k: int, last: int) -> str:
     """The model card of the refitted model: what it is, how it was made, the validation figures."""
     rows = "\n".join(f"| {key} | {before.get(key, float('nan')):.3f} | {after.get(key, float('nan')):.3f} |"
@@ -236,6 +303,10 @@ def model_card(args: argparse.Namespace, before: dict, after: dict, n_sets: int,
         heads += f" --score_features {args.score_features}"
     if args.standardize:
         heads += " --standardize"
+    if args.adv_sets:
+        heads += (f" --adv_sets {args.adv_sets} --adv_per_set {args.adv_per_set}"
+                  + "".join(f" --adv_model {m}" for m in args.adv_model or [args.init])
+                  + f" --adv_eps {args.adv_eps:g} --adv_steps {args.adv_steps} --lambda_adv {args.lambda_adv:g}")
     reads = ("the pooled deepest feature and the channel means and standard deviations of every shallower encoder "
              "level (`score_features: multilevel`)" if args.score_features == "multilevel" else "the pooled deepest feature")
     return f"""---
@@ -284,6 +355,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     teacher = parse_teacher(args.teacher)
     tr_sets = [VersionSets(folder, "train", teacher) for folder in args.versions]
     va_sets = VersionSets(args.versions_val or args.versions[0], "val", parse_teacher(args.val_teacher))
+    n_train = sum(len(sets) for sets in tr_sets)
+    if args.adv_sets > n_train or args.adv_sets < 0:
+        raise ValueError(f"--adv_sets {args.adv_sets}: choose 0 (off) up to the {n_train} train version sets")
+    if args.adv_sets and not 1 <= args.adv_per_set:
+        raise ValueError(f"--adv_per_set {args.adv_per_set}: attack at least one version per set")
     fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
     fgr_va = FGRDataset(args.fgr, "val", limit=args.fgr_val_items)
     parts = [version_features(model, sets, cache, _cache_name(folder, "train"))
@@ -302,9 +378,19 @@ def main(argv: Optional[list[str]] = None) -> dict:
     size = int(fgr_tr[0]["gt"].shape[-1])
     g_tr = _cached(cache / f"garbage{args.garbage_items}_{size}.pt",
                    lambda: head_inputs(model, garbage_batch(args.garbage_items, size, args.seed)))
-    logger.info("features ready in %.0f s: %d version sets x %d versions, %d FGR items, %d garbage",
-                time.time() - t0, v_tr.shape[0], v_tr.shape[1], f_tr.shape[0], g_tr.shape[0])
+    adv, chosen = None, None
+    if args.adv_sets > 0:
+        chosen = torch.from_numpy(np.sort(np.random.default_rng([args.seed, 30]).choice(len(v_tr), args.adv_sets,
+                                                                                        replace=False)))
+        rounds = [adversarial_features(m, model, tr_sets, chosen.numpy(), args, cache, teacher, salt=i)
+                  for i, m in enumerate(args.adv_model or [args.init])]
+        adv = tuple(torch.cat(parts, 1) for parts in zip(*rounds))   # every attacked model's versions of a set
+    logger.info("features ready in %.0f s: %d version sets x %d versions, %d FGR items, %d garbage, %d attacked",
+                time.time() - t0, v_tr.shape[0], v_tr.shape[1], f_tr.shape[0], g_tr.shape[0],
+                0 if adv is None else adv[0].shape[0] * adv[0].shape[1])
     before = evaluate(model, v_va, d_va, f_va)
+    if adv is not None:
+        before.update(adversarial_figures(model, v_tr, d_tr, adv, chosen))
     last = model.num_stages
     logger.info("before: val s%d clean_top %.3f pair_agree %.3f triplet %.3f | s0 %.3f %.3f", last,
                 before[f"s{last}/clean_top"], before[f"s{last}/pair_agree"], before[f"s{last}/triplet_acc"],
@@ -316,6 +402,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         norm = (flat.mean(0), flat.std(0).clamp_min(1e-4))
         v_tr, v_va, f_tr, f_va, g_tr = ((t - norm[0]) / norm[1] for t in (v_tr, v_va, f_tr, f_va, g_tr))
         v_nz = (v_nz - norm[0]) / norm[1] if v_nz is not None else None
+        adv = ((adv[0] - norm[0]) / norm[1], *adv[1:]) if adv is not None else None
     if args.reinit:
         for head in model.score_heads:
             for m in head.modules():
@@ -339,7 +426,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
         s_n = stage_scores(model, v_nz[iv]) if v_nz is not None else None
         s_f = stage_scores(model, drop(f_tr[it]))                 # [b, 3, S]
         s_g = stage_scores(model, g_tr[ig])                       # [b, S]
-        terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0, "floor": 0.0}
+        if adv is not None:  # sets with their attacked versions appended, ordered by the teacher
+            ia = torch.from_numpy(rng.integers(0, len(chosen), args.batch_versions))
+            s_a = stage_scores(model, drop(torch.cat([v_tr[chosen[ia]], adv[0][ia]], 1)))
+            d_a = torch.cat([d_tr[chosen[ia]], adv[1][ia]], 1)
+        terms = {"order": 0.0, "cal": 0.0, "rank": 0.0, "garbage": 0.0, "consistency": 0.0, "floor": 0.0, "adv": 0.0}
         loss = 0.0
         for k in range(n_stages):
             o = order_loss(s_v[..., k], d_tr[iv], cfg)
@@ -348,11 +439,12 @@ def main(argv: Optional[list[str]] = None) -> dict:
             gap = (s_v[:, :1, k] - s_v[:, 1:, k]).mean().detach().abs().clamp_min(0.25)
             cons = (s_n[..., k] - s_v[..., k]).abs().mean() / gap if s_n is not None else s_v.new_zeros(())
             floor = (F.relu(args.raw_floor - s_g[:, k]).mean() + F.relu(args.raw_floor - s_v[..., k]).mean())
+            adv_k = order_loss(s_a[..., k], d_a, cfg)["loss"] if adv is not None else s_v.new_zeros(())
             lk = (o["loss"] + args.lambda_rank * rank + args.lambda_garbage * garb
-                  + args.lambda_consistency * cons + floor)
+                  + args.lambda_consistency * cons + floor + args.lambda_adv * adv_k)
             loss = loss + lk / n_stages
             for name, v in (("order", o["order"]), ("cal", o["cal"]), ("rank", rank), ("garbage", garb),
-                            ("consistency", cons), ("floor", floor)):
+                            ("consistency", cons), ("floor", floor), ("adv", adv_k)):
                 terms[name] += float(v.detach()) / n_stages
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -362,6 +454,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
         sched.step()
         if (step + 1) % max(1, args.steps // 8) == 0 or step + 1 == args.steps:
             fig = evaluate(model, v_va, d_va, f_va)
+            if adv is not None:
+                fig.update(adversarial_figures(model, v_tr, d_tr, adv, chosen))
             history.append({"step": step + 1, **{k: round(v, 4) for k, v in terms.items()}, **fig})
             last = model.num_stages
             logger.info("step %d: loss terms %s | val s%d clean_top %.3f pair_agree %.3f triplet %.3f | s0 %.3f %.3f",

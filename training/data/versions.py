@@ -146,11 +146,15 @@ class Teacher:
     def __call__(self, images: np.ndarray) -> dict[str, list[float]]:
         """``images``: uint8 ``[K, H, W, 3]``, version 0 the clean crop -> metric -> K distances."""
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(self.device)
-        out = {}
-        for name, model in self.models.items():
-            d = torch.cat([model(x[i:i + self.batch_size], x[:1]) for i in range(1, len(x), self.batch_size)])
-            out[name] = [0.0] + [float(v) for v in d.float().cpu()]
-        return out
+        return {name: [0.0] + [float(v) for v in d] for name, d in self.distances(x[1:], x[:1]).items()}
+
+    @torch.no_grad()
+    def distances(self, x: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Metric -> ``[B]`` distances of images ``x`` (``Bx3xHxW`` in [0, 1]) to one reference ``ref``
+        (``1x3xHxW``)."""
+        x, ref = x.to(self.device), ref.to(self.device)
+        return {name: torch.cat([model(x[i:i + self.batch_size], ref) for i in range(0, len(x), self.batch_size)]
+                                ).float().cpu() for name, model in self.models.items()}
 
 
 def _jsonl(path: Path) -> list[dict]:
