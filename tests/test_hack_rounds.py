@@ -91,3 +91,20 @@ def test_too_many_policies_for_the_set_size_is_a_clear_error(tmp_path, monkeypat
     with pytest.raises(ValueError, match="fewer --nets"):
         hack_rounds.main(["--reward", "R0", "--init", "I", "--versions", str(base), "--versions_val", "V",
                           "--fgr", "F", "--out", str(tmp_path / "out"), "--rounds", "1", "--seeds", "0,1,2"])
+
+
+def test_adversarial_negatives_attack_every_reward_so_far(tmp_path, monkeypatch):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "manifest.jsonl").write_text(json.dumps({"kinds": ["clean"] + ["v"] * 13}) + "\n")
+    fake = FakeSteps()
+    monkeypatch.setattr(hack_rounds, "run", fake)
+    common = ["--reward", "R0", "--init", "INIT", "--versions", str(base), "--versions_val", "VAL", "--fgr", "FGR",
+              "--out", str(tmp_path / "out"), "--rounds", "2", "--adv_sets", "7"]
+    hack_rounds.main(common)
+    fits = [c for c in fake.calls if c[0] == "training.fit_heads"]
+    r1 = str(tmp_path / "out" / "round0" / "reward" / "model")
+    assert [_opt_values(f, "--adv_model") for f in fits] == [["R0"], ["R0", r1]]
+    assert all(_opt_values(f, "--adv_sets") == ["7"] for f in fits)
+    with pytest.raises(ValueError, match="--refit heads"):
+        hack_rounds.main([*common, "--refit", "encoder", "--out", str(tmp_path / "enc")])

@@ -11,7 +11,9 @@ Each round ``r`` (reward ``R_r``; ``R_0`` = ``--reward``):
 2. **label**: ``--sets`` new version sets (``training/data/versions.py``) on the train photos, each with
    the outputs of every upscaler of this round (and of earlier rounds), labelled by the teacher;
 3. **retrain**: ``R_{r+1}`` = ``training/fit_heads`` (``--refit heads``) or ``training/finetune_encoder``
-   (``--refit encoder``) from ``--init`` on ``--versions`` plus every round's sets so far;
+   (``--refit encoder``) from ``--init`` on ``--versions`` plus every round's sets so far; with
+   ``--adv_sets``, the heads also learn from attacks on every reward so far (``R_0 .. R_r``, one
+   ``fit_heads --adv_model`` each: adversarial hard negatives, ordered by the teacher);
 4. **check**: the outputs of this round's upscalers on crops of the *test* photos, scored by ``R_r`` and
    by ``R_{r+1}`` (``training/evaluate_whole_image``): the share below the clean crop before and after.
    Round ``r + 1``'s hack then says whether the policy still finds a way.
@@ -51,6 +53,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--teacher", default="lpips_alex", help="the teacher metric(s) of the new sets and the retraining")
     p.add_argument("--refit", choices=["heads", "encoder"], default="heads")
     p.add_argument("--check_crops", type=int, default=40, help="test crops of the round's check")
+    p.add_argument("--adv_sets", type=int, default=0,
+                   help="with --refit heads: train sets given attacks on every reward so far (fit_heads --adv_sets; 0 = off)")
+    p.add_argument("--adv_per_set", type=int, default=2, help="versions attacked per set and reward")
+    p.add_argument("--adv_steps", type=int, default=5, help="PGD steps of those attacks")
     p.add_argument("--hack_arg", action="append", default=[], help="extra ccl_lora flag (repeatable, --hack_arg=--x=y)")
     p.add_argument("--fit_arg", action="append", default=[], help="extra retraining flag (repeatable)")
     return p.parse_args(argv)
@@ -97,15 +103,18 @@ def label(args: argparse.Namespace, r: int, policies: dict[str, str], out: Path)
     return folder
 
 
-def retrain(args: argparse.Namespace, folders: list[Path], out: Path) -> Path:
-    """Step 3: the next reward model from ``--init`` on every version-set folder so far."""
+def retrain(args: argparse.Namespace, folders: list[Path], out: Path, attacked: Sequence[str] = ()) -> Path:
+    """Step 3: the next reward model from ``--init`` on every version-set folder so far (and, with
+    ``--adv_sets``, on attacks on every reward in ``attacked``)."""
     model = out / "reward" / "model"
     if not (model / "config.json").is_file():
         common = ["--init", args.init, *[a for f in folders for a in ("--versions", str(f))],
                   "--versions_val", str(args.versions_val), "--fgr", str(args.fgr), "--teacher", args.teacher,
                   "--output_dir", str(out / "reward")]
         if args.refit == "heads":
-            run(["training.fit_heads", *common, "--cache", str(args.out / "heads_cache"), *args.fit_arg])
+            adv = ([f"--adv_sets={args.adv_sets}", f"--adv_per_set={args.adv_per_set}", f"--adv_steps={args.adv_steps}",
+                    *[f"--adv_model={m}" for m in attacked]] if args.adv_sets > 0 else [])
+            run(["training.fit_heads", *common, "--cache", str(args.out / "heads_cache"), *adv, *args.fit_arg])
         else:
             run(["training.finetune_encoder", *common, "--resume", *args.fit_arg])
     return model
@@ -136,8 +145,11 @@ def table(rows: list[dict]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> list[dict]:
     args = parse_args(argv)
+    if args.adv_sets > 0 and args.refit != "heads":
+        raise ValueError("--adv_sets needs --refit heads (finetune_encoder has no adversarial negatives)")
     args.out.mkdir(parents=True, exist_ok=True)
     reward, folders, rows = args.reward, list(args.versions), []
+    hacked: list[str] = []
     policies: dict[str, str] = {}
     for r in range(args.rounds):
         out = args.out / f"round{r}"
@@ -145,7 +157,8 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
         new = {f"r{r}-{k}": v["upscaler"] for k, v in found.items()}
         policies.update(new)
         folders.append(label(args, r, policies, out))
-        nxt = str(retrain(args, folders, out))
+        hacked.append(reward)
+        nxt = str(retrain(args, folders, out, hacked))
         row = {"round": r, "reward": reward, "next_reward": nxt,
                "hacks": {f"r{r}-{k}": v for k, v in found.items()},
                "below_before": check(args, new, reward, out, "before"),

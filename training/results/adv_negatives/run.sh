@@ -52,3 +52,21 @@ for M in B0r A3r; do
   [ -f $R/selfhack_$M.json ] || python -m training.evaluate_whole_image --model $R/$M/model \
     --bench data/whole_image_bench_selfhack_$M --networks "" --policy=hack_$M=$U --out $R/selfhack_$M
 done
+# A second hack round: every hack so far in 150 more sets; the adversarial arm also attacks A3r.
+V2=data/versions_v6_advround2
+up() { python -c "import json; print(json.load(open('$R/hack_$1/result.json'))['upscaler'])"; }
+python -m training.data.versions --out $V2 --train 150 --val 0 --seed 1201 --metrics lpips_alex \
+  --versions-per-set 9 --policy=hack_B0=$(up B0) --policy=hack_A3=$(up A3) --policy=hack_B0r=$(up B0r) \
+  --policy=hack_A3r=$(up A3r)
+fit B0rr --lambda_consistency 0 --versions $V --versions $V2
+fit A3rr --lambda_consistency 0 --versions $V --versions $V2 $ADV --adv_model $R/B0/model --adv_model $R/A1/model \
+  --adv_model $R/A2/model --adv_model $R/A3r/model
+for M in B0rr A3rr; do
+  ev $M
+  [ -f $R/hack_$M/result.json ] || python -m training.ccl_lora --policy feedforward \
+    --ccl_config training/configs/ccl_default.yaml --max_train_steps 300 --train_batch_size 4 --hr_size 128 \
+    --learning_rate 2e-4 --lora_rank 8 --fidelity none --pretrained_model realesr-animevideov3-x4 --seed 0 \
+    --reward_model $R/$M/model --output_dir $R/hack_$M
+  [ -f $R/selfhack_$M.json ] || python -m training.evaluate_whole_image --model $R/$M/model \
+    --bench data/whole_image_bench_selfhack_$M --networks "" --policy=hack_$M=$(up $M) --out $R/selfhack_$M
+done
