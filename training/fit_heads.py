@@ -91,12 +91,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--lambda_consistency", type=float, default=0.5)
     g = p.add_argument_group("adversarial hard negatives: attacks on a reward, ordered by the teacher")
     g.add_argument("--adv_sets", type=int, default=0, help="train version sets given adversarial versions (0 = off)")
-    g.add_argument("--adv_per_set", type=int, default=3, help="versions of each such set attacked (not the clean crop)")
+    g.add_argument("--adv_per_set", type=int, default=2, help="versions of each such set attacked (not the clean crop)")
     g.add_argument("--adv_model", action="append", default=None,
                    help="a reward model attacked, at its default stage (default: --init); repeatable: each model's "
                         "attacks are added (after one fit, add its output model: a second round)")
     g.add_argument("--adv_eps", type=float, default=2.0 / 255, help="L-inf budget of the attack (images in [0, 1])")
-    g.add_argument("--adv_steps", type=int, default=10, help="PGD steps")
+    g.add_argument("--adv_steps", type=int, default=5, help="PGD steps (the benchmark's attack takes 10)")
     g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the order loss of the sets with attacks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=None)
@@ -174,8 +174,9 @@ def _cached(path: Path, make) -> torch.Tensor:
 
 
 def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25, source: Optional[str] = None) -> torch.Tensor:
-    """``torch.stack([row(i) for i in range(n)])`` (or a tuple of stacks, for rows of tuples), computed in chunks of ``chunk`` rows that are
-    saved under ``folder`` as they finish, so an interrupted extraction resumes where it stopped.
+    """``torch.stack([row(i) for i in range(n)])`` (a tuple of stacks for rows of tuples), computed in
+    chunks of ``chunk`` rows that are saved under ``folder`` as they finish, so an interrupted
+    extraction resumes where it stopped.
     ``source`` (what the rows are of) is recorded in the folder; another source is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     if source is not None:
@@ -214,11 +215,12 @@ def adversarial_features(attacked_path: str, model: FinPercepRM, sets: list[Vers
                          args: argparse.Namespace, cache: Path, teacher: dict[str, float], salt: int = 0
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Head inputs ``[n, A, N+1, C+2]``, teacher distances ``[n, A]`` and the attacked version's index
-    in its set ``[n, A]`` of ``A = --adv_per_set`` attacked versions of each chosen train set (``chosen``: indices into the sets of every folder in
-    turn). Each is an L-inf PGD attack (:func:`training.robustness.attack_score`) that raises the raw
-    score of the model at ``attacked_path`` at its default stage; its label is its own teacher distance to
-    the clean crop, so the order loss puts it where the teacher puts it, whatever the attacked reward
-    thought. ``salt`` draws other versions to attack (one per attacked model)."""
+    in its set ``[n, A]`` of ``A = --adv_per_set`` attacked versions of each chosen train set
+    (``chosen``: indices into the sets of every folder in turn). Each is an L-inf PGD attack
+    (:func:`training.robustness.attack_score`) that raises the raw score of the model at
+    ``attacked_path`` at its default stage; its label is its own teacher distance to the clean crop, so
+    the order loss puts it where the teacher puts it, whatever the attacked reward thought. ``salt``
+    draws other versions to attack (one per attacked model)."""
     from training.data.versions import Teacher
 
     owners = [(s, i) for s in sets for i in range(len(s))]
@@ -358,7 +360,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     n_train = sum(len(sets) for sets in tr_sets)
     if args.adv_sets > n_train or args.adv_sets < 0:
         raise ValueError(f"--adv_sets {args.adv_sets}: choose 0 (off) up to the {n_train} train version sets")
-    if args.adv_sets and not 1 <= args.adv_per_set:
+    if args.adv_sets and args.adv_per_set < 1:
         raise ValueError(f"--adv_per_set {args.adv_per_set}: attack at least one version per set")
     fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
     fgr_va = FGRDataset(args.fgr, "val", limit=args.fgr_val_items)

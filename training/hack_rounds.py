@@ -54,7 +54,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--refit", choices=["heads", "encoder"], default="heads")
     p.add_argument("--check_crops", type=int, default=40, help="test crops of the round's check")
     p.add_argument("--adv_sets", type=int, default=0,
-                   help="with --refit heads: train sets given attacks on every reward so far (fit_heads --adv_sets; 0 = off)")
+                   help="with --refit heads: train sets given attacks on every reward so far "
+                        "(fit_heads --adv_sets; 0 = off)")
     p.add_argument("--adv_per_set", type=int, default=2, help="versions attacked per set and reward")
     p.add_argument("--adv_steps", type=int, default=5, help="PGD steps of those attacks")
     p.add_argument("--hack_arg", action="append", default=[], help="extra ccl_lora flag (repeatable, --hack_arg=--x=y)")
