@@ -51,10 +51,16 @@ class FakeSteps:
             raise AssertionError(cmd)
 
 
-def test_rounds_hack_label_retrain_check_and_resume(tmp_path, monkeypatch):
+def _base_sets(tmp_path, versions=14):
+    """A base version-set folder whose sets hold ``versions`` versions (what set_size reads)."""
     base = tmp_path / "base"
     base.mkdir()
-    (base / "manifest.jsonl").write_text(json.dumps({"kinds": ["clean"] + ["v"] * 13}) + "\n")
+    (base / "manifest.jsonl").write_text(json.dumps({"kinds": ["clean"] + ["v"] * (versions - 1)}) + "\n")
+    return base
+
+
+def test_rounds_hack_label_retrain_check_and_resume(tmp_path, monkeypatch):
+    base = _base_sets(tmp_path)
     fake = FakeSteps()
     monkeypatch.setattr(hack_rounds, "run", fake)
     argv = ["--reward", "R0", "--init", "INIT", "--versions", str(base), "--versions_val", "VAL", "--fgr", "FGR",
@@ -84,9 +90,7 @@ def test_rounds_hack_label_retrain_check_and_resume(tmp_path, monkeypatch):
 
 
 def test_too_many_policies_for_the_set_size_is_a_clear_error(tmp_path, monkeypatch):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "manifest.jsonl").write_text(json.dumps({"kinds": ["clean", "a", "b"]}) + "\n")
+    base = _base_sets(tmp_path, 3)
     monkeypatch.setattr(hack_rounds, "run", FakeSteps())
     with pytest.raises(ValueError, match="fewer --nets"):
         hack_rounds.main(["--reward", "R0", "--init", "I", "--versions", str(base), "--versions_val", "V",
@@ -94,9 +98,7 @@ def test_too_many_policies_for_the_set_size_is_a_clear_error(tmp_path, monkeypat
 
 
 def test_adversarial_negatives_attack_every_reward_so_far(tmp_path, monkeypatch):
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "manifest.jsonl").write_text(json.dumps({"kinds": ["clean"] + ["v"] * 13}) + "\n")
+    base = _base_sets(tmp_path)
     fake = FakeSteps()
     monkeypatch.setattr(hack_rounds, "run", fake)
     common = ["--reward", "R0", "--init", "INIT", "--versions", str(base), "--versions_val", "VAL", "--fgr", "FGR",

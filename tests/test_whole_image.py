@@ -184,12 +184,9 @@ def test_label_adds_missing_teacher_distances_once(tmp_path):
     assert read_manifest(out)["train/000001"]["lpips_alex"] == expect["lpips_alex"]
 
 
-def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
-    """End to end: the refitted heads order the training sets as the teacher does better than before,
-    the maps are untouched, and the written model is calibrated. The encoder is the real ImageNet
-    EfficientNet-Lite0 (a random tiny encoder's pooled features hardly differ between versions)."""
+def _fit_heads_inputs(tmp_path, version_counts, fgr_train):
+    """An initial model on the real ImageNet EfficientNet-Lite0 (saved), version sets and an FGR folder."""
     from diffusers_ext.models.finpercep_rm import FinPercepRM
-    from training import fit_heads
     from training.data.build_fgr import build as build_fgr
 
     init = tmp_path / "init"
@@ -197,9 +194,20 @@ def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
     model = FinPercepRM(decoder_channels=8, head_hidden=16, min_size=32, native_size=64).eval()
     model.encoder.load_pretrained()
     model.save_pretrained(init)
-    vers = _build(tmp_path / "versions", {"train": 6, "val": 3})
-    fgr = build_fgr(tmp_path / "fgr", {"train": 6, "val": 4}, hr_size=64, seed=3, feature="ssim", pixel_scale=0.1,
-                    feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    vers = _build(tmp_path / "versions", version_counts)
+    fgr = build_fgr(tmp_path / "fgr", {"train": fgr_train, "val": 4}, hr_size=64, seed=3, feature="ssim",
+                    pixel_scale=0.1, feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    return model, init, vers, fgr
+
+
+def test_fit_heads_learns_the_teacher_order_and_keeps_the_maps(tmp_path):
+    """End to end: the refitted heads order the training sets as the teacher does better than before,
+    the maps are untouched, and the written model is calibrated. The encoder is the real ImageNet
+    EfficientNet-Lite0 (a random tiny encoder's pooled features hardly differ between versions)."""
+    from diffusers_ext.models.finpercep_rm import FinPercepRM
+    from training import fit_heads
+
+    model, init, vers, fgr = _fit_heads_inputs(tmp_path, {"train": 6, "val": 3}, fgr_train=6)
     res = fit_heads.main(["--init", str(init), "--versions", str(vers), "--fgr", str(fgr), "--output_dir",
                           str(tmp_path / "out"), "--teacher", "lpips_vgg", "--val_teacher", "lpips_vgg",
                           "--steps", "300", "--batch_versions", "4", "--batch_triplets", "4", "--garbage_items", "8",
@@ -271,18 +279,9 @@ def test_fit_heads_orders_the_adversarial_versions_by_the_teacher(tmp_path):
     """``fit_heads --adv_sets``: the attacks on the initial model, appended to their sets, end up below the
     clean crop and ordered among the set's versions as the teacher orders them, only when their order term
     is on."""
-    from diffusers_ext.models.finpercep_rm import FinPercepRM
     from training import fit_heads
-    from training.data.build_fgr import build as build_fgr
 
-    init = tmp_path / "init"
-    torch.manual_seed(1)
-    model = FinPercepRM(decoder_channels=8, head_hidden=16, min_size=32, native_size=64).eval()
-    model.encoder.load_pretrained()
-    model.save_pretrained(init)
-    vers = _build(tmp_path / "versions", {"train": 8, "val": 2})
-    fgr = build_fgr(tmp_path / "fgr", {"train": 4, "val": 4}, hr_size=64, seed=3, feature="ssim", pixel_scale=0.1,
-                    feature_scale=0.3, pool=[(ClassicalSR("bicubic"), 1.0)], progress=False)
+    _, init, vers, fgr = _fit_heads_inputs(tmp_path, {"train": 8, "val": 2}, fgr_train=4)
     common = ["--init", str(init), "--versions", str(vers), "--fgr", str(fgr), "--teacher", "lpips_alex",
               "--val_teacher", "lpips_vgg", "--steps", "200", "--batch_versions", "4", "--batch_triplets", "4",
               "--garbage_items", "8", "--learning_rate", "3e-3", "--lambda_consistency", "0", "--adv_sets", "6",
