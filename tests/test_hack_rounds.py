@@ -29,6 +29,7 @@ class FakeSteps:
         if mod == "training.ccl_lora":
             out = Path(_arg(cmd, "--output_dir"))
             out.mkdir(parents=True)
+            (out / "up.safetensors").write_text(f"weights of {out.name}")
             (out / "result.json").write_text(json.dumps({"upscaler": str(out / "up.safetensors"),
                                                          "final": {"psnr": 20.0, "lpips_alex": 0.4, "dists": 0.3, "hack": 1.0}}))
         elif mod == "training.data.versions":
@@ -110,3 +111,19 @@ def test_adversarial_negatives_attack_every_reward_so_far(tmp_path, monkeypatch)
     assert all(_opt_values(f, "--adv_sets") == ["7"] for f in fits)
     with pytest.raises(ValueError, match="--refit heads"):
         hack_rounds.main([*common, "--refit", "encoder", "--out", str(tmp_path / "enc")])
+
+
+def test_kept_upscalers_are_copied_and_the_version_sets_read_the_copies(tmp_path, monkeypatch):
+    base = _base_sets(tmp_path)
+    fake = FakeSteps()
+    monkeypatch.setattr(hack_rounds, "run", fake)
+    keep = tmp_path / "kept"
+    rows = hack_rounds.main(["--reward", "R0", "--init", "INIT", "--versions", str(base), "--versions_val", "VAL",
+                             "--fgr", "FGR", "--out", str(tmp_path / "out"), "--rounds", "2",
+                             "--keep_upscalers", str(keep)])
+    kept = sorted(p.name for p in keep.iterdir())
+    assert kept == ["round0-realesr-animevideov3-x4-s0.safetensors", "round1-realesr-animevideov3-x4-s0.safetensors"]
+    assert (keep / kept[1]).read_text() == "weights of hack_realesr-animevideov3-x4-s0"
+    labels = [c for c in fake.calls if c[0] == "training.data.versions"]
+    assert [v.split("=", 1)[1] for v in _opt_values(labels[1], "--policy")] == [str(keep / k) for k in kept]
+    assert rows[1]["hacks"]["r1-realesr-animevideov3-x4-s0"]["upscaler"] == str(keep / kept[1])

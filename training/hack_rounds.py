@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(fit_heads --adv_sets; 0 = off)")
     p.add_argument("--adv_per_set", type=int, default=2, help="versions attacked per set and reward")
     p.add_argument("--adv_steps", type=int, default=5, help="PGD steps of those attacks")
+    p.add_argument("--keep_upscalers", type=Path, default=None,
+                   help="copy every hacked upscaler here (e.g. benchmarks/hacked_upscalers) and build the version sets "
+                        "from the copies, so that the rounds' data can be rebuilt after runs/ is gone")
     p.add_argument("--hack_arg", action="append", default=[], help="extra ccl_lora flag (repeatable, --hack_arg=--x=y)")
     p.add_argument("--fit_arg", action="append", default=[], help="extra retraining flag (repeatable)")
     return p.parse_args(argv)
@@ -86,8 +90,22 @@ def hack(args: argparse.Namespace, reward: str, out: Path) -> dict[str, dict]:
                 run(["training.ccl_lora", *HACK_ARGS, "--pretrained_model", net, "--seed", str(seed),
                      "--reward_model", reward, "--output_dir", str(run_dir), *args.hack_arg])
             res = json.loads((run_dir / "result.json").read_text())
-            found[name] = {"upscaler": res["upscaler"], **res.get("final", {})}
+            kept = keep(args, Path(res["upscaler"]), f"{out.name}-{name}")
+            found[name] = {**res.get("final", {}), "upscaler": kept}
     return found
+
+
+def keep(args: argparse.Namespace, upscaler: Path, name: str) -> str:
+    """``upscaler``, or with ``--keep_upscalers`` its copy ``<dir>/<name>.safetensors`` (written once, atomically)."""
+    if args.keep_upscalers is None:
+        return str(upscaler)
+    dst = args.keep_upscalers / f"{name}.safetensors"
+    if not dst.is_file():
+        args.keep_upscalers.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".tmp")
+        shutil.copyfile(upscaler, tmp)
+        tmp.replace(dst)
+    return str(dst)
 
 
 def label(args: argparse.Namespace, r: int, policies: dict[str, str], out: Path) -> Path:
