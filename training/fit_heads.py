@@ -25,6 +25,7 @@ the model is written to ``<output_dir>/model`` (atomically), with the validation
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import logging
@@ -224,18 +225,21 @@ def adversarial_features(attacked_path: str, model: FinPercepRM, sets: list[Vers
     from training.data.versions import Teacher
 
     owners = [(s, i) for s in sets for i in range(len(s))]
-    metrics = Teacher(list(teacher))
-    attacked = FinPercepRM.from_pretrained(attacked_path).eval().requires_grad_(False)
+
+    @functools.cache
+    def load() -> tuple[FinPercepRM, Teacher]:  # only when a chunk is not cached yet
+        return FinPercepRM.from_pretrained(attacked_path).eval().requires_grad_(False), Teacher(list(teacher))
 
     def row(j: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attacked, metrics = load()
         s, i = owners[int(chosen[j])]
         imgs = torch.from_numpy(s.images(i)).permute(0, 3, 1, 2).float().div(255)
         rng = np.random.default_rng([args.seed, 31, salt, int(chosen[j])])
         picks = 1 + rng.choice(len(imgs) - 1, size=min(args.adv_per_set, len(imgs) - 1), replace=False)
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 31)))
         adv = attack_score(lambda x: attacked(x).raw_score, imgs[picks], args.adv_eps, args.adv_steps, gen)
-        dist = sum(w * d for w, d in zip(teacher.values(), metrics.distances(adv, imgs[:1]).values()))
-        return head_inputs(model, adv), dist, torch.from_numpy(picks)
+        d = metrics.distances(adv, imgs[:1])
+        return head_inputs(model, adv), sum(w * d[k] for k, w in teacher.items()), torch.from_numpy(picks)
     source = (f"{[str(s.root.resolve()) for s in sets]} attacked: {Path(attacked_path).resolve()} "
               f"eps={args.adv_eps:g} steps={args.adv_steps} per_set={args.adv_per_set} seed={args.seed},{salt} "
               f"teacher={teacher}")
