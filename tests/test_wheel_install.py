@@ -68,7 +68,8 @@ def test_the_wheel_holds_the_packages_the_model_and_the_configs(installed):
     for pkg in PACKAGES:
         assert f"{pkg}/__init__.py" in names, pkg
     for f in ("diffusers_ext/default/config.json", "diffusers_ext/default/diffusion_pytorch_model.safetensors",
-              "training/configs/ccl_default.yaml", "demo/cli.py", "training/cli.py"):
+              "training/configs/ccl_default.yaml", "demo/cli.py", "training/cli.py",
+              "training/judge/config.json", "training/judge/diffusion_pytorch_model.safetensors"):
         assert f in names, f
     assert not [n for n in names if n.startswith("tests/")]
 

@@ -295,3 +295,41 @@ def test_fit_heads_orders_the_adversarial_versions_by_the_teacher(tmp_path):
     assert "--adv_sets 6" in (tmp_path / "out1" / "model" / "README.md").read_text()
     with pytest.raises(ValueError, match="--adv_sets 9"):
         fit_heads.main([*common, "--output_dir", str(tmp_path / "bad"), "--adv_sets", "9"])
+
+
+def test_train_subset_keeps_whole_photos_or_a_share_of_sets():
+    """``fit_heads --photo_fraction / --set_fraction`` (the data-scaling runs): a photo share keeps every set of
+    the chosen photos and none of the others; a set share keeps sets of every photo; both are seeded."""
+    from training.fit_heads import train_subset
+
+    photos = [f"p{i % 8}" for i in range(80)]                      # 8 photos, 10 sets each
+    assert train_subset(photos, 1, 1, 0).tolist() == list(range(80))
+    half = train_subset(photos, 0.5, 1, 0)
+    kept = {photos[i] for i in half}
+    assert len(kept) == 4 and len(half) == 40 and all(photos[i] in kept for i in half)
+    assert sorted(i for i, p in enumerate(photos) if p in kept) == half.tolist()   # whole photos
+    sets = train_subset(photos, 1, 0.5, 0)
+    assert len(sets) == 40 and len({photos[i] for i in sets}) == 8
+    assert train_subset(photos, 0.5, 1, 0).tolist() == half.tolist()
+    assert train_subset(photos, 0.5, 1, 1).tolist() != half.tolist()                 # another seed, other photos
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="--photo_fraction"):
+            train_subset(photos, bad, 1, 0)
+        with pytest.raises(ValueError, match="--set_fraction"):
+            train_subset(photos, 1, bad, 0)
+
+
+def test_fit_heads_trains_on_the_photo_share_it_is_given(tmp_path):
+    from training import fit_heads
+
+    _, init, vers, fgr = _fit_heads_inputs(tmp_path, {"train": 8, "val": 2}, fgr_train=4)
+    photos = {r["photo"] for r in VersionSets(vers, "train").records}
+    common = ["--init", str(init), "--versions", str(vers), "--fgr", str(fgr), "--teacher", "lpips_vgg",
+              "--val_teacher", "lpips_vgg", "--steps", "150", "--batch_versions", "2", "--batch_triplets", "4", "--learning_rate", "3e-3",
+              "--garbage_items", "8", "--lambda_consistency", "0", "--cache", str(tmp_path / "cache")]
+    res = fit_heads.main([*common, "--output_dir", str(tmp_path / "half"), "--photo_fraction", "0.5"])
+    assert res["train_photos"] == max(1, round(len(photos) / 2)) < len(photos) and 0 < res["train_sets"] < 8
+    assert "--photo_fraction 0.5" in (tmp_path / "half" / "model" / "README.md").read_text()
+    with pytest.raises(ValueError, match="--set_fraction 0"):
+        fit_heads.main([*common, "--output_dir", str(tmp_path / "bad"), "--set_fraction", "0"])
+    assert not (tmp_path / "bad").exists()

