@@ -40,6 +40,17 @@ def photo() -> np.ndarray:
     return resize(img, (256, 256), anti_aliasing=True).astype(np.float32)
 
 
+@pytest.fixture(scope="session")
+def example_clean() -> np.ndarray:
+    """examples/astronaut_clean.jpg, a photo of the test split (never trained on), float32 384x384x3."""
+    from PIL import Image
+
+    from diffusers_ext.hub import DEFAULT_MODEL_DIR
+
+    path = DEFAULT_MODEL_DIR.parent.parent / "examples" / "astronaut_clean.jpg"
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+
+
 def run_launch(cmd: list, env: dict, timeout: float, cwd: str):
     """``subprocess.run`` for multi-process launches: on a timeout the whole process group gets SIGABRT
     with ``PYTHONFAULTHANDLER=1``, so the failure shows every process's Python stack (where it hung)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from diffusers_ext import FinPercepRewardPipeline
 from diffusers_ext.hub import DEFAULT_MODEL_DIR
@@ -25,9 +24,8 @@ def pipe():
 
 
 @pytest.fixture(scope="module")
-def clean() -> np.ndarray:
-    """A photo of the test split (never trained on), float32 384x384x3."""
-    return np.asarray(Image.open(EXAMPLES / "astronaut_clean.jpg").convert("RGB"), dtype=np.float32) / 255
+def clean(example_clean) -> np.ndarray:
+    return example_clean
 
 
 def test_bundled_model_is_small_safetensors_with_all_stages(pipe):

@@ -7,16 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from diffusers_ext import FinPercepRewardPipeline
-from diffusers_ext.hub import DEFAULT_MODEL_DIR
 from training.ccl import experiment
 from training.probe_defects import paste_and_score
-
-EXAMPLES = DEFAULT_MODEL_DIR.parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +19,6 @@ def judge():
     p = FinPercepRewardPipeline.from_pretrained(str(experiment.DEFAULT_JUDGE))
     p.set_progress_bar_config(disable=True)
     return p
-
-
-@pytest.fixture(scope="module")
-def clean() -> np.ndarray:
-    return np.asarray(Image.open(EXAMPLES / "astronaut_clean.jpg").convert("RGB"), dtype=np.float32) / 255
 
 
 def test_the_judge_is_shipped_small_and_independent_of_the_bundled_model(judge):
@@ -48,17 +38,17 @@ def test_the_judge_is_shipped_small_and_independent_of_the_bundled_model(judge):
 
 
 @pytest.mark.parametrize("kind", ["blur", "jpeg"])
-def test_the_judge_finds_a_pasted_defect_and_scores_it_lower(judge, clean, kind):
-    pdm_clean, pdm, scores, inside = paste_and_score(judge, clean, kind)
+def test_the_judge_finds_a_pasted_defect_and_scores_it_lower(judge, example_clean, kind):
+    pdm_clean, pdm, scores, inside = paste_and_score(judge, example_clean, kind)
     assert pdm[inside].mean() > pdm_clean[inside].mean() + 0.05, (kind, pdm[inside].mean(), pdm_clean[inside].mean())
     assert scores[1] < scores[0], (kind, scores)
 
 
-def test_the_judge_scores_a_blurred_photo_below_the_clean_one(judge, clean):
+def test_the_judge_scores_a_blurred_photo_below_the_clean_one(judge, example_clean):
     import cv2
 
-    blurred = cv2.GaussianBlur(clean, (0, 0), 2.0)
-    s = judge([clean, blurred], output_overlays=False).scores
+    blurred = cv2.GaussianBlur(example_clean, (0, 0), 2.0)
+    s = judge([example_clean, blurred], output_overlays=False).scores
     assert s[0] > s[1] + 0.1, s
 
 
