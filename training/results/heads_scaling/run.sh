@@ -5,7 +5,8 @@
 # the whole-image ranking of photos never trained on grow with steps, with sets, or with photos?
 # Data: the prefixes built at the top of training/results/adv_negatives/run.sh (700 train sets, 60 val sets);
 # runs/F5_model: a copy of diffusers_ext/default. Every step resumes (skipped when its output exists).
-# About 80 minutes on 2 cores; the table goes to training/results/heads_scaling/results.md.
+# Usage: bash training/results/heads_scaling/run.sh [RUN...] (default: all; about 80 minutes on 2 cores);
+# the table of the finished runs goes to training/results/heads_scaling/results.md.
 set -e
 R=runs/heads_scaling
 C="--init runs/F5_model --versions data/versions_v6 --versions data/versions_v6_hack1 --versions data/versions_v6_hack2
@@ -14,12 +15,12 @@ C="--init runs/F5_model --versions data/versions_v6 --versions data/versions_v6_
    --lambda_consistency 0 --cache $R/cache"
 fit() { [ -f $R/$1/result.json ] || python -m training.fit_heads $C "${@:2}" --output_dir $R/$1; }
 ev() { [ -f $R/wi_$1.json ] || python -m training.evaluate_whole_image --model $R/$1/model --out $R/wi_$1; }
-fit steps1x --steps 3000;  ev steps1x      # = runs/advab/B0 of training/results/adv_negatives (same data, seed)
-fit steps3x --steps 9000;  ev steps3x
-fit steps10x --steps 30000; ev steps10x
-for f in 0.25 0.5; do
-  fit photos$f --steps 3000 --photo_fraction $f; ev photos$f
-  fit sets$f --steps 3000 --set_fraction $f;     ev sets$f
+declare -A ARGS=([steps1x]="--steps 3000" [steps3x]="--steps 9000" [steps10x]="--steps 30000"
+                 [photos25]="--steps 3000 --photo_fraction 0.25" [sets25]="--steps 3000 --set_fraction 0.25"
+                 [photos50]="--steps 3000 --photo_fraction 0.5" [sets50]="--steps 3000 --set_fraction 0.5")
+# steps1x = runs/advab/B0 of training/results/adv_negatives (same data and seed)
+for n in ${@:-steps1x steps3x steps10x photos25 sets25 photos50 sets50}; do
+  fit $n ${ARGS[$n]}; ev $n
 done
 python - "$R" > training/results/heads_scaling/results.md <<'PY'
 import json, sys
@@ -28,8 +29,8 @@ R = Path(sys.argv[1])
 print("| run | steps | train sets | train photos | val clean on top (s5) | val pair agree (s5) | "
       "bench clean on top | tau LPIPS-VGG | tau DISTS | SR below clean | fit s |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
-for run in ("steps1x", "steps3x", "steps10x", "photos0.25", "sets0.25", "photos0.5", "sets0.5"):
-    if not (R / run / "result.json").is_file():
+for run in ("steps1x", "steps3x", "steps10x", "photos25", "sets25", "photos50", "sets50"):
+    if not ((R / run / "result.json").is_file() and (R / f"wi_{run}.json").is_file()):
         continue
     r, w = json.loads((R / run / "result.json").read_text()), json.loads((R / f"wi_{run}.json").read_text())
     h = r["history"][-1]
