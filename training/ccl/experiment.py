@@ -54,7 +54,7 @@ JUDGE_RUNS = ROOT / "runs" / "judge_v4_lite1"
 # the judge recipe: another backbone (Lite1), other triplets (an FGR build of its own, data seed 1: the
 # bundled model trains on the seed-0 build), another training seed, no teacher heads (v5's recipe: the
 # bundled model's heads learned LPIPS-alex, which would make the judge share its teacher); 7,000 triplets,
-# so that building and training it takes about 45 minutes on 2 cores (17 to build, 25 to train)
+# so that building and training it takes about 17 minutes on 2 cores (9 to build, 8 to train)
 JUDGE_DATA = ROOT / "data" / "fgr_v4_judge"
 JUDGE_RECIPE = ["--seed", "1", "--data_seed", "1", "--sources", "all", "--train_items", "7000",
                 "--train_arg=--backbone=efficientnet_lite1", "--steps", "400,80,80,100,120,150", "--joint_steps", "0",
