@@ -13,13 +13,12 @@ D="--seed 1 --data_seed 1 --sources all --train_items 7000 --data data/fgr_v4_ju
 declare -A STEPS=([1x]=400,80,80,100,120,150 [3x]=1200,240,240,300,360,450 [10x]=4000,800,800,1000,1200,1500
                   [1x_freeze]=400,80,80,100,120,150)
 declare -A EXTRA=([1x_freeze]="--train_arg=--freeze_bn --train_arg=--freeze_levels=2")
-for name in "${@:-1x 3x 10x 1x_freeze}"; do
-  for n in $name; do
-    [ -f $R/$n/final/config.json ] || python -m training.train_default $D --steps ${STEPS[$n]} ${EXTRA[$n]} \
-      --runs $R/$n --export $R/$n/final --results $R/$n/results
-    [ -f $R/gen_$n/generalization.json ] || python -m training.evaluate_generalization --protocol $R/$n/final \
-      --skip_shipped --threads 1 --out $R/gen_$n
-    mkdir -p $OUT && cp $R/gen_$n/generalization.md $OUT/generalization_$n.md
-    cp $R/$n/results/default_model.md $OUT/test_split_$n.md
-  done
+mkdir -p $OUT
+for n in ${@:-1x 3x 10x 1x_freeze}; do
+  [ -f $R/$n/final/config.json ] || python -m training.train_default $D --steps ${STEPS[$n]} ${EXTRA[$n]} \
+    --runs $R/$n --export $R/$n/final --results $R/$n/results
+  [ -f $R/gen_$n/generalization.json ] || python -m training.evaluate_generalization --protocol $R/$n/final \
+    --skip_shipped --threads 1 --out $R/gen_$n
+  cp $R/gen_$n/generalization.md $OUT/generalization_$n.md
+  cp $R/$n/results/default_model.md $OUT/test_split_$n.md
 done
